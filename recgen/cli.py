@@ -41,7 +41,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-encoder", action="store_true", help="skip the content text encoder")
     p.add_argument("--quantize", choices=["none", "int8"], default="int8",
                    help="LLM weight precision served (default int8; fp32 is measured too)")
-    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--factors", type=int, default=None, help="MF factors (default: tuned)")
     p.add_argument("--iterations", type=int, default=15)
     p.add_argument("--reg", type=float, default=None, help="ALS L2 (default: tuned)")
     p.add_argument("--alpha", type=float, default=None, help="ALS confidence (default: tuned)")
@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_export(args)
     if args.command == "worker":
+        # Thread pools are sized per process before numpy / FAISS / ORT start
+        # them, so N workers on C cores do not oversubscribe.
+        threads = str(args.threads or os.cpu_count() or 1)
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = threads
         from worker.main import run_worker
 
         return run_worker(args)

@@ -1,0 +1,59 @@
+"""The one place where failures become gRPC status codes.
+
+A table from exception type to status (as httpx maps transport errors):
+bad input → INVALID_ARGUMENT, unknown item → NOT_FOUND, idempotency
+conflict → ALREADY_EXISTS, overload → RESOURCE_EXHAUSTED, no worker or a
+store that cannot write → UNAVAILABLE. Status codes a worker returned pass
+through unchanged. Anything else is a bug: INTERNAL, logged with its trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from server.state import Conflict, StoreUnavailable
+from server.validation import InvalidArgument
+from server.workers import NoWorkerAvailable
+
+LOG = logging.getLogger(__name__)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Overloaded(Exception):
+    pass
+
+
+_TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NoWorkerAvailable, grpc.StatusCode.UNAVAILABLE),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+@contextlib.asynccontextmanager
+async def map_errors(context: grpc.aio.ServicerContext, method: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except grpc.aio.AbortError:
+        raise
+    except grpc.aio.AioRpcError as e:  # a worker's status, passed through
+        code = e.code()
+        if code == grpc.StatusCode.CANCELLED:
+            raise
+        await context.abort(code, e.details() or code.name)
+    except Exception as e:
+        for exc_type, code in _TABLE:
+            if isinstance(e, exc_type):
+                await context.abort(code, str(e))
+        LOG.exception("%s failed", method)
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")

@@ -1,0 +1,110 @@
+"""`recgen serve`: start workers, then the public gRPC server; drain on SIGTERM.
+
+Order matters: worker processes are spawned (fork + exec) before the
+gateway's own gRPC server exists. SIGTERM drains: health turns NOT_SERVING,
+new requests are refused, in-flight ones finish within the grace period,
+workers are stopped, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from recgen.repository import ModelRepository
+from recgen.v1 import recommender_pb2, recommender_pb2_grpc
+from server.service import RecommenderService
+from server.state import StateStore
+from server.workers import WorkerPool, WorkerSpec
+
+LOG = logging.getLogger(__name__)
+
+SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any valid request
+
+
+@dataclass
+class Gateway:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    pool: WorkerPool
+    store: StateStore
+    service: RecommenderService
+
+
+async def create_gateway(args: argparse.Namespace) -> Gateway:
+    repo = ModelRepository(args.models)
+    mv = repo.open(args.version, verify=False)
+    catalog_ids = {it.item_id for it in mv.catalog()}
+    cores = os.cpu_count() or 1
+    n_local = args.workers
+    spec = WorkerSpec(models=args.models, version=mv.name,
+                      threads=max(1, cores // max(1, n_local)),
+                      max_new_tokens=args.max_new_tokens, max_delay_ms=args.max_delay_ms)
+    pool = WorkerPool(spec, n_local, remote=args.worker_address)
+    await pool.start()
+
+    store = StateStore(args.state, synchronous=args.synchronous)
+    service = RecommenderService(store, pool, catalog_ids, max_in_flight=args.max_in_flight)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ])
+    recommender_pb2_grpc.add_RecommenderServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    if port == 0:
+        raise OSError(f"cannot listen on {args.host}:{args.port}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Gateway(server, port, health_servicer, pool, store, service)
+
+
+async def _flush_impressions(store: StateStore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.2)
+        except TimeoutError:
+            pass
+        await store.flush_impressions()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    gw = await create_gateway(args)
+    LOG.info("recgen serving on %s:%d with %d workers", args.host, gw.port,
+             len(gw.pool.workers))
+    print(f"recgen: serving on {args.host}:{gw.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    flusher = asyncio.create_task(_flush_impressions(gw.store, stop))
+    await stop.wait()
+
+    LOG.info("draining (grace %.1f s)", args.grace)
+    for name in ("", SERVICE_NAME):
+        await gw.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await gw.server.stop(grace=args.grace)  # refuses new calls, lets in-flight ones finish
+    await flusher
+    await gw.pool.stop()
+    gw.store.close()
+    LOG.info("stopped")
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    asyncio.run(serve(args))
+    return 0

@@ -1,0 +1,240 @@
+"""The public servicer, recgen.v1.Recommender: validate → user state → worker → reply.
+
+A request's path reads top-down here: `_prepare` validates and loads the
+user's state from the store, `_rank` asks the least-loaded worker (retrying
+on another one if the first is unreachable: ranking is side-effect free),
+`_text` streams the grounded text from a worker, and the answer is logged as
+an impression. Errors become status codes in `server/errors.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from recgen.v1 import recommender_pb2 as pb
+from recgen.v1 import recommender_pb2_grpc as pbg
+from recgen.worker.v1 import worker_pb2 as wpb
+from server.errors import map_errors
+from server.feedback import Semantics, history_weights
+from server.state import Event, StateStore
+from server.validation import (
+    Recommendation,
+    feedback_from_pb,
+    recommendation_from_pb,
+)
+from server.workers import NoWorkerAvailable, WorkerPool
+
+LOG = logging.getLogger(__name__)
+
+TEXT_MARGIN_S = 0.05  # stop the text this long before the caller's deadline, to answer in time
+RANK_ATTEMPTS = 2
+
+_TEXT_STATUS = {
+    wpb.STOP_REASON_EOS: pb.TEXT_STATUS_COMPLETE,
+    wpb.STOP_REASON_LENGTH: pb.TEXT_STATUS_COMPLETE,
+    wpb.STOP_REASON_UNGROUNDED: pb.TEXT_STATUS_UNGROUNDED,
+    wpb.STOP_REASON_DEADLINE: pb.TEXT_STATUS_CUT_SHORT,
+}
+
+
+@dataclass
+class Prepared:
+    req: Recommendation
+    request_id: str
+    history: list[tuple[str, float]]  # (item_id, weight) newest first
+    exclude: list[str]
+    deadline: float | None  # monotonic
+
+
+class Admission:
+    """At most `limit` requests in flight; the rest are refused at once."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+    def __enter__(self) -> Admission:
+        if self.in_flight >= self.limit:
+            from server.errors import Overloaded
+
+            raise Overloaded(f"server busy: {self.in_flight} requests in flight")
+        self.in_flight += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.in_flight -= 1
+
+
+class RecommenderService(pbg.RecommenderServicer):
+    def __init__(self, store: StateStore, pool: WorkerPool, catalog_ids: set[str], *,
+                 max_in_flight: int = 256, semantics: Semantics | None = None) -> None:
+        self.store = store
+        self.pool = pool
+        self.catalog_ids = catalog_ids
+        self.semantics = semantics or Semantics()
+        self.admission = Admission(max_in_flight)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _prepare(self, request: pb.RecommendRequest,
+                       context: grpc.aio.ServicerContext) -> Prepared:
+        req = recommendation_from_pb(request)
+        events, dismissed = await self.store.user_state(req.user_id, self.semantics.history_cap)
+        now = req.context.time or time.time()
+        remaining = context.time_remaining()
+        return Prepared(
+            req=req,
+            request_id=uuid.uuid4().hex,
+            history=history_weights(events, now, self.semantics),
+            exclude=list(dict.fromkeys([*req.exclude_item_ids, *dismissed])),
+            deadline=None if remaining is None else time.monotonic() + remaining,
+        )
+
+    def _timeout(self, deadline: float | None, margin: float = 0.0) -> float | None:
+        return None if deadline is None else max(0.001, deadline - time.monotonic() - margin)
+
+    async def _rank(self, p: Prepared) -> wpb.RankResponse:
+        c = p.req.context
+        msg = wpb.RankRequest(
+            history=[wpb.Interaction(item_id=i, weight=w) for i, w in p.history],
+            exclude_item_ids=p.exclude, k=p.req.k,
+            context=wpb.RankContext(hour=c.hour, weekday=c.weekday, device=c.device,
+                                    locale=c.locale),
+        )
+        tried: set[str] = set()
+        for attempt in range(RANK_ATTEMPTS):
+            w = self.pool.pick(avoid=tried)
+            w.in_flight += 1
+            try:
+                assert w.stub is not None
+                return await w.stub.Rank(msg, timeout=self._timeout(p.deadline))
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
+                    raise
+                self.pool.mark_failed(w)
+                tried.add(w.name)
+                LOG.warning("rank on %s failed (%s): retrying elsewhere", w.name, e.details())
+            finally:
+                w.in_flight -= 1
+        raise NoWorkerAvailable("no worker could rank")  # pragma: no cover
+
+    async def _text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
+        """Grounded text pieces, then one final message (always)."""
+        msg = wpb.GenerateRequest(
+            history_item_ids=[i for i, _ in p.history], recommended_item_ids=items,
+            intent=p.req.context.intent,
+        )
+        try:
+            w = self.pool.pick()
+        except NoWorkerAvailable:
+            yield wpb.GenerateResponse(finished=True, reason="no worker available for text")
+            return
+        w.in_flight += 1
+        text = ""
+        try:
+            assert w.stub is not None
+            call = w.stub.Generate(msg, timeout=self._timeout(p.deadline, TEXT_MARGIN_S))
+            async for piece in call:
+                text += piece.text
+                yield piece
+                if piece.finished:
+                    return
+            yield wpb.GenerateResponse(finished=True, reason="text stream ended early")
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                yield wpb.GenerateResponse(finished=True, stop_reason=wpb.STOP_REASON_DEADLINE,
+                                           reason="deadline reached while writing the text")
+            else:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.pool.mark_failed(w)
+                LOG.warning("text generation failed on %s: %s %s", w.name, e.code(), e.details())
+                yield wpb.GenerateResponse(finished=True, reason=f"text unavailable: {e.code().name}")
+        finally:
+            w.in_flight -= 1
+
+    def _response(self, p: Prepared, ranked: wpb.RankResponse) -> pb.RecommendResponse:
+        return pb.RecommendResponse(
+            request_id=p.request_id,
+            items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in ranked.items],
+            model_version=ranked.model_version,
+        )
+
+    def _log(self, p: Prepared, ranked: wpb.RankResponse) -> None:
+        self.store.queue_impression(p.request_id, p.req.user_id,
+                                    [i.item_id for i in ranked.items], ranked.model_version)
+
+    @staticmethod
+    def _finish(resp: pb.RecommendResponse, text: str, final: wpb.GenerateResponse) -> None:
+        resp.text = text
+        if final.stop_reason in _TEXT_STATUS:
+            resp.text_status = _TEXT_STATUS[final.stop_reason]
+        else:
+            resp.text_status = pb.TEXT_STATUS_UNAVAILABLE
+        if resp.text_status != pb.TEXT_STATUS_COMPLETE:
+            resp.text_reason = final.reason or pb.TextStatus.Name(resp.text_status)
+
+    # ------------------------------------------------------------------ rpcs
+
+    async def Recommend(self, request: pb.RecommendRequest,
+                        context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        async with map_errors(context, "Recommend"):
+            with self.admission:
+                p = await self._prepare(request, context)
+                ranked = await self._rank(p)
+                resp = self._response(p, ranked)
+                self._log(p, ranked)
+                if p.req.explain and ranked.items:
+                    text, final = "", wpb.GenerateResponse()
+                    async for piece in self._text(p, [i.item_id for i in ranked.items]):
+                        text += piece.text
+                        final = piece
+                    self._finish(resp, text, final)
+                return resp
+        raise AssertionError("unreachable")  # map_errors aborts
+
+    async def StreamRecommend(self, request: pb.StreamRecommendRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> AsyncIterator[pb.StreamRecommendResponse]:
+        async with map_errors(context, "StreamRecommend"):
+            with self.admission:
+                p = await self._prepare(request.request, context)
+                ranked = await self._rank(p)
+                first = self._response(p, ranked)
+                self._log(p, ranked)
+                yield pb.StreamRecommendResponse(items=first)
+                text, final = "", wpb.GenerateResponse()
+                if ranked.items:
+                    async for piece in self._text(p, [i.item_id for i in ranked.items]):
+                        if piece.text:
+                            text += piece.text
+                            yield pb.StreamRecommendResponse(text_piece=piece.text)
+                        final = piece
+                last = pb.RecommendResponse(request_id=p.request_id,
+                                            model_version=ranked.model_version)
+                self._finish(last, text, final)
+                yield pb.StreamRecommendResponse(final=last)
+
+    async def SendFeedback(self, request: pb.SendFeedbackRequest,
+                           context: grpc.aio.ServicerContext) -> pb.SendFeedbackResponse:
+        async with map_errors(context, "SendFeedback"):
+            fb = feedback_from_pb(request)
+            if fb.item_id not in self.catalog_ids:
+                from server.errors import NotFound
+
+                raise NotFound(f"item_id {fb.item_id!r} is not in the catalog")
+            ev = Event(event_id=fb.event_id, user_id=fb.user_id, item_id=fb.item_id,
+                       type=fb.type, value=fb.value,
+                       ts=fb.timestamp if fb.timestamp is not None else time.time(),
+                       request_id=fb.request_id)
+            # Shielded: once the write has started, a cancelled caller must not
+            # leave us unsure whether it committed; it completes either way.
+            stored = await asyncio.shield(self.store.add_event(ev))
+            return pb.SendFeedbackResponse(stored=stored)
+        raise AssertionError("unreachable")

@@ -1,0 +1,219 @@
+"""The gateway's state store: feedback log, impressions, user histories (SQLite).
+
+Durability contract: `add_event` returns only after the event's transaction
+has committed with `synchronous=FULL` in WAL mode, i.e. after the WAL has been
+fsync'ed; an acknowledged event survives a crash of the process or of the
+OS. All writes go through one writer thread (SQLite allows one writer at a
+time anyway); reads use their own connections and never block on it (WAL).
+
+Idempotency: `event_id` is the primary key. The same id with the same
+payload is a no-op (stored=False); with another payload it is a Conflict.
+This module knows nothing of gRPC or of feedback weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    value REAL,
+    ts REAL NOT NULL,            -- the event's own time (unix seconds)
+    request_id TEXT NOT NULL DEFAULT '',
+    received_at REAL NOT NULL,
+    payload_hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user_ts ON events (user_id, ts DESC, seq DESC);
+CREATE TABLE IF NOT EXISTS impressions (
+    request_id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    items TEXT NOT NULL,         -- JSON list of item ids, in rank order
+    model_version TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
+"""
+
+
+class Conflict(Exception):
+    """The event_id exists with a different payload."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes (disk full, read-only, I/O error)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str  # VIEW | CLICK | PURCHASE | RATE | DISMISS
+    value: float | None
+    ts: float
+    request_id: str = ""
+
+    def payload_hash(self) -> str:
+        # The server's clock fills a missing timestamp, so a retry of an event
+        # without one would differ in ts: the hash covers what the caller sent.
+        raw = json.dumps([self.user_id, self.item_id, self.type, self.value, self.request_id])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class StateStore:
+    def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
+        assert synchronous in ("FULL", "NORMAL", "EXTRA"), synchronous
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self._writer = _connect(self.path, synchronous)
+        self._writer.executescript(_SCHEMA)
+        self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                             (str(SCHEMA_VERSION),))
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self._read_pool = ThreadPoolExecutor(4, thread_name_prefix="state-reader")
+        self._local = threading.local()
+        self._impressions: list[tuple[str, str, str, str, float]] = []
+
+    # ------------------------------------------------------------------ sync API
+
+    def pragma(self, name: str) -> str:
+        return str(self._reader().execute(f"PRAGMA {name}").fetchone()[0])
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, self.synchronous)
+            conn.execute("PRAGMA query_only=1")
+            self._local.conn = conn
+        return conn
+
+    def add_event_sync(self, ev: Event) -> bool:
+        """True if stored now, False if this exact event was stored before."""
+        digest = ev.payload_hash()
+        c = self._writer
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                row = c.execute("SELECT payload_hash FROM events WHERE event_id=?",
+                                (ev.event_id,)).fetchone()
+                if row is not None:
+                    c.execute("ROLLBACK")
+                    if row[0] != digest:
+                        raise Conflict(f"event_id {ev.event_id!r} was stored with another payload")
+                    return False
+                c.execute(
+                    "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
+                    " received_at, payload_hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts,
+                     ev.request_id, time.time(), digest),
+                )
+                c.execute("COMMIT")  # synchronous=FULL: returns after the WAL is fsync'ed
+                return True
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:  # disk full, read-only, I/O error, locked
+            raise StoreUnavailable(f"state store cannot write: {e}") from e
+        except sqlite3.DatabaseError as e:
+            raise StoreUnavailable(f"state store error: {e}") from e
+
+    def queue_impression(self, request_id: str, user_id: str, items: list[str],
+                         model_version: str) -> None:
+        """Impressions are written in groups by `flush_impressions`: one fsync per
+        group instead of one per answer, off the request path."""
+        self._impressions.append((request_id, user_id, json.dumps(items), model_version,
+                                  time.time()))
+
+    def flush_impressions_sync(self) -> int:
+        rows, self._impressions = self._impressions, []
+        if not rows:
+            return 0
+        c = self._writer
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            c.executemany("INSERT OR IGNORE INTO impressions VALUES (?,?,?,?,?)", rows)
+            c.execute("COMMIT")
+        except sqlite3.Error as e:  # impressions are best effort: never fail an answer
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            LOG.warning("%d impressions not logged: %s", len(rows), e)
+            return 0
+        return len(rows)
+
+    def recent_events_sync(self, user_id: str, limit: int) -> list[Event]:
+        """The user's newest events first (by event time, then arrival)."""
+        rows = self._reader().execute(
+            "SELECT event_id, user_id, item_id, type, value, ts, request_id FROM events "
+            "WHERE user_id=? AND type != 'DISMISS' ORDER BY ts DESC, seq DESC LIMIT ?",
+            (user_id, limit),
+        ).fetchall()
+        return [Event(*r) for r in rows]
+
+    def dismissed_sync(self, user_id: str) -> list[str]:
+        rows = self._reader().execute(
+            "SELECT DISTINCT item_id FROM events WHERE user_id=? AND type='DISMISS'", (user_id,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def count_events_sync(self) -> int:
+        return int(self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def event_ids_sync(self) -> list[str]:
+        return [r[0] for r in self._reader().execute("SELECT event_id FROM events")]
+
+    def impressions_sync(self, user_id: str) -> list[tuple[str, list[str], str]]:
+        rows = self._reader().execute(
+            "SELECT request_id, items, model_version FROM impressions WHERE user_id=?",
+            (user_id,)).fetchall()
+        return [(r[0], json.loads(r[1]), r[2]) for r in rows]
+
+    # ------------------------------------------------------------------ async API
+
+    async def add_event(self, ev: Event) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._write_pool, self.add_event_sync, ev)
+
+    async def flush_impressions(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._write_pool, self.flush_impressions_sync)
+
+    async def user_state(self, user_id: str, limit: int) -> tuple[list[Event], list[str]]:
+        def read() -> tuple[list[Event], list[str]]:
+            return self.recent_events_sync(user_id, limit), self.dismissed_sync(user_id)
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, read)
+
+    def close(self) -> None:
+        self._write_pool.submit(self.flush_impressions_sync).result()
+        self._write_pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True)
+        self._writer.close()

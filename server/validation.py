@@ -1,0 +1,140 @@
+"""Public-API input checks: each bad field gets INVALID_ARGUMENT naming it.
+
+Limits (documented in README "Operating recgen"):
+user_id 1..256 bytes, item_id 1..256, event_id 1..128, request_id ≤ 64,
+k 0..100 (0 → 10), exclude_item_ids ≤ 1000, intent ≤ 500 characters,
+device ≤ 32, locale ≤ 35, local_time/timestamp RFC 3339, RATE value 0..5.
+Returns plain dataclasses: no protobuf types below the servicer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from recgen.v1 import recommender_pb2 as pb
+
+DEFAULT_K = 10
+MAX_K = 100
+MAX_EXCLUDE = 1000
+MAX_ID_BYTES = 256
+MAX_EVENT_ID_BYTES = 128
+MAX_REQUEST_ID_BYTES = 64
+MAX_INTENT_CHARS = 500
+MAX_DEVICE_CHARS = 32
+MAX_LOCALE_CHARS = 35
+
+FEEDBACK_TYPES = {
+    pb.FEEDBACK_TYPE_VIEW: "VIEW",
+    pb.FEEDBACK_TYPE_CLICK: "CLICK",
+    pb.FEEDBACK_TYPE_PURCHASE: "PURCHASE",
+    pb.FEEDBACK_TYPE_RATE: "RATE",
+    pb.FEEDBACK_TYPE_DISMISS: "DISMISS",
+}
+
+
+class InvalidArgument(ValueError):
+    """Bad input; the message names the field."""
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    hour: int = -1  # local hour 0..23, -1 unknown
+    weekday: int = -1  # 0 = Monday
+    device: str = ""
+    locale: str = ""
+    intent: str = ""
+    time: float | None = None  # unix seconds of the request's local time, if given
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    user_id: str
+    k: int
+    explain: bool
+    context: RequestContext
+    exclude_item_ids: tuple[str, ...]
+
+
+def _id(value: str, field: str, max_bytes: int = MAX_ID_BYTES, required: bool = True) -> str:
+    n = len(value.encode("utf-8"))
+    if required and n == 0:
+        raise InvalidArgument(f"{field} must not be empty")
+    if n > max_bytes:
+        raise InvalidArgument(f"{field} is {n} bytes; at most {max_bytes}")
+    if any(ord(ch) < 32 for ch in value):
+        raise InvalidArgument(f"{field} contains control characters")
+    return value
+
+
+def parse_time(value: str, field: str) -> datetime:
+    if len(value) > 64:
+        raise InvalidArgument(f"{field} is too long for an RFC 3339 time")
+    try:
+        t = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(f"{field} {value[:64]!r} is not an RFC 3339 time") from None
+    if not 1970 <= t.year <= 2200:
+        raise InvalidArgument(f"{field} year {t.year} is out of range")
+    return t
+
+
+def context_from_pb(c: pb.Context) -> RequestContext:
+    if len(c.device) > MAX_DEVICE_CHARS:
+        raise InvalidArgument(f"context.device is longer than {MAX_DEVICE_CHARS} characters")
+    if len(c.locale) > MAX_LOCALE_CHARS:
+        raise InvalidArgument(f"context.locale is longer than {MAX_LOCALE_CHARS} characters")
+    if len(c.intent) > MAX_INTENT_CHARS:
+        raise InvalidArgument(f"context.intent is longer than {MAX_INTENT_CHARS} characters")
+    hour = weekday = -1
+    when = None
+    if c.local_time:
+        t = parse_time(c.local_time, "context.local_time")
+        hour, weekday = t.hour, t.weekday()
+        when = t.timestamp() if t.tzinfo else None
+    return RequestContext(hour=hour, weekday=weekday, device=c.device.strip().lower(),
+                          locale=c.locale.strip(), intent=c.intent.strip(), time=when)
+
+
+def recommendation_from_pb(r: pb.RecommendRequest) -> Recommendation:
+    user_id = _id(r.user_id, "user_id")
+    if r.k < 0 or r.k > MAX_K:
+        raise InvalidArgument(f"k must be in 0..{MAX_K} (0 means {DEFAULT_K}), got {r.k}")
+    if len(r.exclude_item_ids) > MAX_EXCLUDE:
+        raise InvalidArgument(f"exclude_item_ids has {len(r.exclude_item_ids)} ids; "
+                              f"at most {MAX_EXCLUDE}")
+    exclude = tuple(_id(i, "exclude_item_ids[]") for i in r.exclude_item_ids)
+    return Recommendation(user_id=user_id, k=r.k or DEFAULT_K, explain=r.explain,
+                          context=context_from_pb(r.context), exclude_item_ids=exclude)
+
+
+@dataclass(frozen=True)
+class Feedback:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str
+    value: float | None
+    timestamp: float | None
+    request_id: str
+
+
+def feedback_from_pb(r: pb.SendFeedbackRequest) -> Feedback:
+    event_id = _id(r.event_id, "event_id", MAX_EVENT_ID_BYTES)
+    user_id = _id(r.user_id, "user_id")
+    item_id = _id(r.item_id, "item_id")
+    if r.type not in FEEDBACK_TYPES:
+        raise InvalidArgument(f"type {r.type} is not a known FeedbackType "
+                              "(VIEW, CLICK, PURCHASE, RATE, DISMISS)")
+    kind = FEEDBACK_TYPES[r.type]
+    value = r.value if r.HasField("value") else None
+    if kind == "RATE":
+        if value is None:
+            raise InvalidArgument("value is required for RATE (0..5)")
+        if not 0.0 <= value <= 5.0:  # also rejects NaN
+            raise InvalidArgument(f"value must be in 0..5 for RATE, got {value}")
+    elif value is not None and not -1e6 <= value <= 1e6:
+        raise InvalidArgument(f"value {value} is out of range")
+    ts = parse_time(r.timestamp, "timestamp").timestamp() if r.timestamp else None
+    request_id = _id(r.request_id, "request_id", MAX_REQUEST_ID_BYTES, required=False)
+    return Feedback(event_id, user_id, item_id, kind, value, ts, request_id)

@@ -1,0 +1,108 @@
+"""One loaded model version: every component the worker serves with.
+
+Loading verifies the version (format and checksums), opens the ONNX
+sessions with explicit providers and thread counts, reads the FAISS index,
+and `warmup()` runs a real forward pass through each model before the
+worker reports SERVING.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recgen.repository import CatalogItem, ModelRepository, ModelVersion
+from worker.foldin import FoldIn
+from worker.metrics import Metrics
+from worker.onnx_session import providers_for
+from worker.ranking import Ranker, RankJob
+from worker.retrieval import Retriever
+from worker.scoring import Scorer
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerConfig:
+    threads: int = 1
+    device: str = "cpu"
+    max_batch: int = 64
+    max_delay: float = 0.002
+    max_queue: int = 256
+    max_seqs: int = 32
+    max_new_tokens: int = 48
+
+
+@dataclass
+class LoadedModel:
+    version: ModelVersion
+    catalog: list[CatalogItem]
+    item_index: dict[str, int]
+    ranker: Ranker
+    llm: Any | None  # worker.generation.Generator when the version has an LLM
+    llm_cfg: dict[str, Any] | None
+    checker: Any | None  # worker.grounding.GroundingChecker
+
+    @property
+    def name(self) -> str:
+        return self.version.name
+
+    @staticmethod
+    def load(root: Path, version: str | None, cfg: WorkerConfig, metrics: Metrics) -> LoadedModel:
+        t = time.perf_counter()
+        mv = ModelRepository(root).open(version, verify=True)
+        catalog = mv.catalog()
+        factors = np.load(mv.file("item_factors.npy"))
+        popularity = np.load(mv.file("item_popularity.npy"))
+        assert factors.shape[0] == len(catalog), (factors.shape, len(catalog))
+        mf = mv.manifest.params["mf"]
+        providers = providers_for(cfg.device)
+        ranker = Ranker(
+            factors=factors,
+            popularity=popularity,
+            foldin=FoldIn(factors, float(mf["reg"])),
+            retriever=Retriever(mv.file("items.faiss"), mv.manifest.params.get("index", {}),
+                                cfg.threads),
+            scorer=Scorer(mv.file("scorer.onnx"), threads=cfg.threads, providers=providers),
+            alpha=float(mf["alpha"]),
+            metrics=metrics,
+        )
+        llm = llm_cfg = checker = None
+        if (mv.path / "llm" / "llm.json").is_file():
+            from worker.generation import Generator
+            from worker.grounding import GroundingChecker
+
+            llm_cfg = json.loads((mv.path / "llm" / "llm.json").read_text())
+            llm = Generator(mv.path / "llm", threads=cfg.threads, providers=tuple(providers),
+                            max_seqs=cfg.max_seqs, max_queue=cfg.max_queue)
+            checker = GroundingChecker([it.title for it in catalog])
+        LOG.info("loaded model version %s (%d items, llm=%s) in %.1f s", mv.name, len(catalog),
+                 bool(llm), time.perf_counter() - t)
+        return LoadedModel(mv, catalog, {it.item_id: i for i, it in enumerate(catalog)},
+                           ranker, llm, llm_cfg, checker)
+
+    def warmup(self) -> None:
+        """Real forward passes through every model: readiness means it works."""
+        t = time.perf_counter()
+        empty = np.zeros(0, np.int64)
+        hist = np.arange(min(3, len(self.catalog)), dtype=np.int64)
+        res = self.ranker.rank([
+            RankJob(empty, np.zeros(0, np.float32), empty, 10),
+            RankJob(hist, np.ones(hist.size, np.float32), empty, 10),
+        ])
+        assert len(res) == 2 and res[1].rows.size > 0, "warm-up ranking returned nothing"
+        if self.llm is not None:
+            self.llm.start()
+            self.llm.generate_alone(self.llm_cfg.get("prompt_prefix", "") + "Hello"
+                                    + self.llm_cfg.get("prompt_suffix", ""), max_new_tokens=2)
+        LOG.info("warm-up done in %.2f s", time.perf_counter() - t)
+
+    def close(self) -> None:
+        if self.llm is not None:
+            self.llm.stop()

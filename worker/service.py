@@ -1,0 +1,153 @@
+"""The worker's gRPC servicer: protobuf in, model call, protobuf out.
+
+Thin by design (as text-generation-inference's server.py): requests become
+plain jobs, go through the batcher (ranking) or the generator (text), and
+come back as replies. Errors map to precise status codes here and nowhere
+else: QueueFull → RESOURCE_EXHAUSTED, DeadlineExpired → DEADLINE_EXCEEDED.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
+from worker.batcher import Batcher, DeadlineExpired, QueueFull
+from worker.metrics import Metrics
+from worker.model import LoadedModel, WorkerConfig
+from worker.ranking import RankJob, RankResult
+
+LOG = logging.getLogger(__name__)
+
+MAX_K = 1000
+SHOW_HISTORY = 3  # history titles shown to the language model
+SHOW_RECOMMENDED = 3  # recommended titles shown to the language model
+
+_STOP = {
+    "eos": worker_pb2.STOP_REASON_EOS,
+    "length": worker_pb2.STOP_REASON_LENGTH,
+    "ungrounded": worker_pb2.STOP_REASON_UNGROUNDED,
+    "deadline": worker_pb2.STOP_REASON_DEADLINE,
+    "cancelled": worker_pb2.STOP_REASON_DEADLINE,
+}
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class WorkerService(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, model: LoadedModel, cfg: WorkerConfig, metrics: Metrics) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.metrics = metrics
+        self.rank_batcher: Batcher[RankJob, RankResult] = Batcher(
+            model.ranker.rank, name="rank", max_batch=cfg.max_batch, max_delay=cfg.max_delay,
+            max_queue=cfg.max_queue, metrics=metrics,
+        )
+
+    def _rows(self, ids: list[str]) -> np.ndarray:
+        index = self.model.item_index
+        # Unknown ids are skipped, not errors: an item may have left the catalog
+        # between the user's event and this request.
+        return np.asarray([index[i] for i in ids if i in index], dtype=np.int64)
+
+    def _job(self, request: worker_pb2.RankRequest) -> RankJob:
+        index = self.model.item_index
+        hist = [(index[h.item_id], h.weight) for h in request.history
+                if h.item_id in index and h.weight > 0]
+        return RankJob(
+            history_rows=np.asarray([r for r, _ in hist], dtype=np.int64),
+            history_weights=np.asarray([w for _, w in hist], dtype=np.float32),
+            exclude_rows=self._rows(list(request.exclude_item_ids)),
+            k=request.k,
+            include_seen=request.include_seen,
+        )
+
+    async def Rank(self, request: worker_pb2.RankRequest,
+                   context: grpc.aio.ServicerContext) -> worker_pb2.RankResponse:
+        self.metrics.inc("rank_requests")
+        if not 1 <= request.k <= MAX_K:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"k must be in 1..{MAX_K}, got {request.k}")
+        try:
+            res = await self.rank_batcher.submit(self._job(request), _deadline(context))
+        except QueueFull as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except DeadlineExpired as e:
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        catalog = self.model.catalog
+        return worker_pb2.RankResponse(
+            items=[worker_pb2.RankedItem(item_id=catalog[r].item_id, title=catalog[r].title,
+                                         score=float(s))
+                   for r, s in zip(res.rows.tolist(), res.scores.tolist(), strict=True)],
+            model_version=self.model.name,
+            batch_size=res.batch_size,
+        )
+
+    async def Generate(self, request: worker_pb2.GenerateRequest,
+                       context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+        from worker.generation import QueueFull as GenQueueFull
+        from worker.prompt import build_prompt, build_user_message
+        from worker.textgen import generate_grounded
+
+        m = self.model
+        self.metrics.inc("generate_requests")
+        if m.llm is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"model version {m.name} has no language model")
+        recs = self._rows(list(request.recommended_item_ids))[:SHOW_RECOMMENDED]
+        hist = self._rows(list(request.history_item_ids))[:SHOW_HISTORY]
+        if recs.size == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "recommended_item_ids has no item of this catalog")
+        titles = [it.title for it in m.catalog]
+        message = build_user_message([titles[r] for r in hist], [titles[r] for r in recs],
+                                     request.intent)
+        prompt = build_prompt(m.llm_cfg, message)
+        allowed = set(hist.tolist()) | set(recs.tolist())
+        max_new = request.max_new_tokens or self.cfg.max_new_tokens
+        max_new = min(max_new, 4 * self.cfg.max_new_tokens)
+        try:
+            async for ev in generate_grounded(
+                m.llm, m.checker, prompt, allowed, max_new_tokens=max_new,
+                temperature=request.temperature, top_p=request.top_p or 1.0,
+                seed=request.seed, deadline=_deadline(context),
+            ):
+                if ev.finished:
+                    yield worker_pb2.GenerateResponse(
+                        text=ev.text, finished=True,
+                        stop_reason=_STOP.get(ev.stop_reason, worker_pb2.STOP_REASON_UNSPECIFIED),
+                        reason=ev.reason,
+                    )
+                    return
+                if ev.text:
+                    yield worker_pb2.GenerateResponse(text=ev.text)
+        except GenQueueFull as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+
+    async def Stats(self, request: worker_pb2.StatsRequest,
+                    context: grpc.aio.ServicerContext) -> worker_pb2.StatsResponse:
+        m = self.metrics
+        counters = dict(m.counters)
+        llm = self.model.llm
+        if llm is not None and hasattr(llm, "stats"):
+            for k, v in llm.stats().items():
+                if isinstance(v, int | float):
+                    counters[f"llm_{k}"] = float(v)
+        return worker_pb2.StatsResponse(
+            model_version=self.model.name,
+            queue_depth=self.rank_batcher.depth,
+            counters=counters,
+            histograms={
+                name: worker_pb2.Histogram(bounds=list(h.bounds), counts=h.cumulative(),
+                                           sum=h.sum)
+                for name, h in list(m.histograms.items())
+            },
+        )
