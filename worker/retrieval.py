@@ -23,8 +23,14 @@ class Retriever:
         if "nprobe" in params and hasattr(self.index, "nprobe"):
             self.index.nprobe = int(params["nprobe"])
         self.ntotal = int(self.index.ntotal)
+        self.mips_to_l2 = bool(params.get("mips_to_l2", False))
 
     def search(self, user_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, d) -> scores (B, k), rows (B, k); rows are -1 where fewer exist."""
+        """(B, d) -> distances (B, k), rows (B, k); rows are -1 where fewer exist.
+
+        Only the rows are used: the scorer computes the ranking scores."""
         k = max(1, min(k, self.ntotal))
-        return self.index.search(np.ascontiguousarray(user_vectors, dtype=np.float32), k)
+        q = np.ascontiguousarray(user_vectors, dtype=np.float32)
+        if self.mips_to_l2:  # the index holds items lifted to d+1 dims (export/index.py)
+            q = np.hstack([q, np.zeros((q.shape[0], 1), np.float32)])
+        return self.index.search(q, k)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the downloaded wheels and a small exported model version."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def wheels_dir() -> Path:
+    d = ROOT / ".cache" / "wheels"
+    if not (d / "recbole-1.2.1-py3-none-any.whl").is_file():
+        pytest.fail("MovieLens wheel missing: run `make data` (make test does it)")
+    return d
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> Path:
+    """A small but real model version: MovieLens-100K, 16 factors, tiny Llama LLM."""
+    from export.data import load_movielens100k
+    from export.pipeline import ExportOptions, export_version
+    from export.tiny_llm import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("models")
+    ckpt = make_tiny_checkpoint("llama", tmp_path_factory.mktemp("ckpt") / "tiny-llama")
+    opts = ExportOptions(llm=str(ckpt), with_encoder=False, quantize="none", factors=16,
+                         reg=0.1, alpha=2.0, iterations=6, progress=False,
+                         evaluate_ease=False, wheels_dir=wheels_dir)
+    export_version(load_movielens100k(wheels_dir), root, opts)
+    return root
