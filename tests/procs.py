@@ -80,4 +80,7 @@ class Gateway:
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
-        return stop(self.proc, sig)
+        code = stop(self.proc, sig)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code

@@ -8,6 +8,7 @@ else: QueueFull → RESOURCE_EXHAUSTED, DeadlineExpired → DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -95,7 +96,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                        ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         from worker.generation import QueueFull as GenQueueFull
         from worker.prompt import build_prompt, build_user_message
-        from worker.textgen import generate_grounded
+        from worker.textgen import TextDone, generate_grounded
 
         m = self.model
         self.metrics.inc("generate_requests")
@@ -120,9 +121,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 temperature=request.temperature, top_p=request.top_p or 1.0,
                 seed=request.seed, deadline=_deadline(context),
             ):
-                if ev.finished:
+                if isinstance(ev, TextDone):
+                    # ev.text repeats the pieces already sent: the final carries none.
                     yield worker_pb2.GenerateResponse(
-                        text=ev.text, finished=True,
+                        finished=True,
                         stop_reason=_STOP.get(ev.stop_reason, worker_pb2.STOP_REASON_UNSPECIFIED),
                         reason=ev.reason,
                     )
@@ -137,8 +139,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         m = self.metrics
         counters = dict(m.counters)
         llm = self.model.llm
-        if llm is not None and hasattr(llm, "stats"):
-            for k, v in llm.stats().items():
+        if llm is not None:
+            for k, v in dataclasses.asdict(llm.stats()).items():
                 if isinstance(v, int | float):
                     counters[f"llm_{k}"] = float(v)
         return worker_pb2.StatsResponse(
