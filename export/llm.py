@@ -359,6 +359,10 @@ def export_llm(
             "num_kv_heads": int(kv_heads),
             "head_dim": int(head_dim),
             "vocab_size": int(config.vocab_size),  # = the logits' last dimension
+            # Context length: the runtime refuses prompts + new tokens beyond it
+            # instead of failing a whole decode step for every running request.
+            "max_position_embeddings": int(getattr(config, "max_position_embeddings", 0)
+                                           or getattr(config, "n_positions", 0) or 0) or None,
             "eos_token_ids": eos_ids,
             "pad_token_id": int(eos_ids[0] if pad_id is None else pad_id),
             "bos_token_id": tokenizer.bos_token_id,

@@ -20,15 +20,19 @@ def wheels_dir() -> Path:
     return d
 
 
+TINY_LLM_ANSWER = "Here are a few picks for you tonight. Enjoy them with friends and popcorn."
+
+
 @pytest.fixture(scope="session")
 def model_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> Path:
-    """A small but real model version: MovieLens-100K, 16 factors, tiny Llama LLM."""
+    """A small but real model version: MovieLens-100K, 16 factors, a tiny Llama
+    trained in the test to write one grounded sentence (it names no title)."""
     from export.data import load_movielens100k
     from export.pipeline import ExportOptions, export_version
-    from export.tiny_llm import make_tiny_checkpoint
+    from tests.llm_fixtures import train_tiny_llm
 
     root = tmp_path_factory.mktemp("models")
-    ckpt = make_tiny_checkpoint("llama", tmp_path_factory.mktemp("ckpt") / "tiny-llama")
+    ckpt = train_tiny_llm(tmp_path_factory.mktemp("ckpt"), TINY_LLM_ANSWER)
     opts = ExportOptions(llm=str(ckpt), with_encoder=False, quantize="none", factors=16,
                          reg=0.1, alpha=2.0, iterations=6, progress=False,
                          evaluate_ease=False, wheels_dir=wheels_dir)

@@ -79,9 +79,14 @@ class LoadedModel:
             from worker.grounding import GroundingChecker
 
             llm_cfg = json.loads((mv.path / "llm" / "llm.json").read_text())
+            # No spinning: idle ORT threads busy-waiting would steal the cores
+            # that the ranking batches and the other workers need.
             llm = Generator(mv.path / "llm", threads=cfg.threads, providers=tuple(providers),
-                            max_seqs=cfg.max_seqs, max_queue=cfg.max_queue)
-            checker = GroundingChecker([it.title for it in catalog])
+                            max_seqs=cfg.max_seqs, max_queue=cfg.max_queue,
+                            allow_spinning=False)
+            # Word boundaries: text streams word by word, and an ungrounded mention
+            # cuts the text right before it ("stops there"), not a sentence earlier.
+            checker = GroundingChecker([it.title for it in catalog], boundary="word")
         LOG.info("loaded model version %s (%d items, llm=%s) in %.1f s", mv.name, len(catalog),
                  bool(llm), time.perf_counter() - t)
         return LoadedModel(mv, catalog, {it.item_id: i for i, it in enumerate(catalog)},
