@@ -11,7 +11,7 @@ PORT ?= 50051
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install proto data export serve test lint typecheck clean
+.PHONY: install proto data export serve test lint typecheck clean loadtest
 
 # The virtual environment, with the serving, export and dev dependencies.
 # torch first: `torch==2.13.0` resolves to the CPU build on local disk.
@@ -58,6 +58,21 @@ serve: install data $(MODELS)/.exported
 
 test: install data
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Load test: our own gateway and an empty echo server (the ceiling of any Python
+# gRPC service here) under the same bounded load in one run; closed-loop and
+# open-loop sweeps with a mixed workload. Writes docs/loadtest.json and .png;
+# the gateway is stopped whatever happens. Loopback only.
+LOADTEST_PORT ?= 50071
+LOADTEST_ARGS ?= --explain-share 0.1 --stream-share 0.1 --feedback-share 0.2 --text-timeout 30 \
+	--sweep-concurrency 1,8,32 --sweep-rates 5,10,20,40 --duration 20 --warmup 3
+loadtest: install data $(MODELS)/.exported
+	@mkdir -p var; rm -f var/loadtest.db var/loadtest.db-wal var/loadtest.db-shm; \
+	$(RECGEN) serve --models $(MODELS) --port $(LOADTEST_PORT) --workers $(WORKERS) \
+		--state var/loadtest.db & pid=$$!; \
+	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
+	$(PY) -m bench.loadtest --target 127.0.0.1:$(LOADTEST_PORT) --wait-ready 600 --echo $(LOADTEST_ARGS) \
+		--json docs/loadtest.json --plot docs/loadtest.png
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -84,9 +84,7 @@ def _topk_ip(
 def _overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per row: |a ∩ b| / k for two (n, k) neighbour lists."""
     k = a.shape[1]
-    return np.array(
-        [len(np.intersect1d(x, y, assume_unique=True)) / k for x, y in zip(a, b, strict=True)]
-    )
+    return np.array([len(np.intersect1d(x, y, assume_unique=True)) / k for x, y in zip(a, b, strict=True)])
 
 
 def _rank_quality(
@@ -136,9 +134,7 @@ def fit_content_map(
     X = np.asarray(content_emb, dtype=np.float64)
     Y = np.asarray(item_factors, dtype=np.float64)
     if X.ndim != 2 or Y.ndim != 2 or len(X) != len(Y):
-        raise ValueError(
-            f"content_emb {X.shape} and item_factors {Y.shape} must be 2-D with equal rows"
-        )
+        raise ValueError(f"content_emb {X.shape} and item_factors {Y.shape} must be 2-D with equal rows")
     if not (np.isfinite(X).all() and np.isfinite(Y).all()):
         raise ValueError("content embeddings and item factors must be finite")
     w = np.ones(len(X)) if weights is None else np.asarray(weights, dtype=np.float64)

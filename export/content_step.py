@@ -33,8 +33,7 @@ def item_text(it: CatalogItem) -> str:
     return " ".join(parts)
 
 
-def export_content(ds: Dataset, factors: np.ndarray, out_dir: Path,
-                   progress: bool = True) -> dict[str, Any]:
+def export_content(ds: Dataset, factors: np.ndarray, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     info = export_encoder(out_dir, progress=progress)
     encoder = TextEncoder(out_dir, threads=2)
     emb = encoder.encode([item_text(it) for it in ds.items])

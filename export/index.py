@@ -62,9 +62,14 @@ def _qps(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[float, np.nda
     return len(queries) / max(time.perf_counter() - t, 1e-9), ids
 
 
-def build_index(item_factors: np.ndarray, user_queries: np.ndarray, *,
-                recall_target: float = 0.95, exact_max_items: int = EXACT_MAX_ITEMS,
-                hnsw_m: int = 32) -> tuple[faiss.Index, IndexChoice]:
+def build_index(
+    item_factors: np.ndarray,
+    user_queries: np.ndarray,
+    *,
+    recall_target: float = 0.95,
+    exact_max_items: int = EXACT_MAX_ITEMS,
+    hnsw_m: int = 32,
+) -> tuple[faiss.Index, IndexChoice]:
     xb = np.ascontiguousarray(item_factors, dtype=np.float32)
     xq = np.ascontiguousarray(user_queries, dtype=np.float32)
     n, d = xb.shape
@@ -87,16 +92,17 @@ def build_index(item_factors: np.ndarray, user_queries: np.ndarray, *,
         qps, ids = _qps(hnsw, xq_l2, k)
         rec = recall_at(ids, truth)
         LOG.info("efSearch=%d recall@%d=%.4f %.0f q/s (exact %.0f q/s)", ef, k, rec, qps, exact_qps)
-        best = IndexChoice("hnsw", {"M": hnsw_m, "efSearch": ef, "mips_to_l2": True}, rec, qps,
-                           exact_qps)
+        best = IndexChoice("hnsw", {"M": hnsw_m, "efSearch": ef, "mips_to_l2": True}, rec, qps, exact_qps)
         if rec >= recall_target:
             break
     assert best is not None
     if best.recall_at_100 < recall_target:
-        LOG.warning("HNSW missed recall target %.3f (best %.4f): using exact search",
-                    recall_target, best.recall_at_100)
-        return flat, IndexChoice("flat", {"fallback_from": best.to_json()}, 1.0, exact_qps,
-                                 exact_qps)
+        LOG.warning(
+            "HNSW missed recall target %.3f (best %.4f): using exact search",
+            recall_target,
+            best.recall_at_100,
+        )
+        return flat, IndexChoice("flat", {"fallback_from": best.to_json()}, 1.0, exact_qps, exact_qps)
     hnsw.hnsw.efSearch = best.params["efSearch"]
     return hnsw, best
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,7 @@ def export_llm(
     validate: bool = True,
     num_threads: int | None = None,
     int8_keep_fp32: float = DEFAULT_KEEP_FP32_FRACTION,
+    extra_quality: Callable[[Path, str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Export a causal LM to `out_dir` (model.onnx, tokenizer.json, llm.json).
 
@@ -361,8 +363,10 @@ def export_llm(
             "vocab_size": int(config.vocab_size),  # = the logits' last dimension
             # Context length: the runtime refuses prompts + new tokens beyond it
             # instead of failing a whole decode step for every running request.
-            "max_position_embeddings": int(getattr(config, "max_position_embeddings", 0)
-                                           or getattr(config, "n_positions", 0) or 0) or None,
+            "max_position_embeddings": int(
+                getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 0
+            )
+            or None,
             "eos_token_ids": eos_ids,
             "pad_token_id": int(eos_ids[0] if pad_id is None else pad_id),
             "bos_token_id": tokenizer.bos_token_id,
@@ -376,6 +380,17 @@ def export_llm(
             "quantization": quantization,
             "timings_s": stage.timings,
         }
+        if extra_quality is not None:
+            # Task-level quality (e.g. grounding rate) needs a loadable llm/
+            # folder per precision: each model beside the same tokenizer and meta.
+            for precision, model in models.items():
+                probe = work / f"probe-{precision}"
+                probe.mkdir()
+                os.symlink(model, probe / "model.onnx")
+                shutil.copyfile(staging / "tokenizer.json", probe / "tokenizer.json")
+                (probe / "llm.json").write_text(json.dumps({**meta, "precision": precision}))
+                with stage(f"task_quality_{precision}"):
+                    quality.update(extra_quality(probe, precision))
         shutil.copyfile(shipped, staging / "model.onnx")
         (staging / "llm.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         # Fill out_dir only once everything succeeded: a failed export leaves no

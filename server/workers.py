@@ -96,10 +96,25 @@ class WorkerPool:
 
     def _spawn(self, w: Worker) -> None:
         s = self.spec
-        cmd = [sys.executable, "-m", "recgen.cli", "worker", "--models", s.models,
-               "--listen", w.address, "--threads", str(s.threads),
-               "--max-new-tokens", str(s.max_new_tokens), "--max-delay-ms", str(s.max_delay_ms),
-               "--parent-pid", str(os.getpid()), *s.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "recgen.cli",
+            "worker",
+            "--models",
+            s.models,
+            "--listen",
+            w.address,
+            "--threads",
+            str(s.threads),
+            "--max-new-tokens",
+            str(s.max_new_tokens),
+            "--max-delay-ms",
+            str(s.max_delay_ms),
+            "--parent-pid",
+            str(os.getpid()),
+            *s.extra_args,
+        ]
         if s.version:
             cmd += ["--version", s.version]
         w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
@@ -118,8 +133,7 @@ class WorkerPool:
         if w.health is None:
             return False
         try:
-            r = await w.health.Check(health_pb2.HealthCheckRequest(service=WORKER_SERVICE),
-                                     timeout=timeout)
+            r = await w.health.Check(health_pb2.HealthCheckRequest(service=WORKER_SERVICE), timeout=timeout)
             return r.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
             return False
@@ -164,8 +178,11 @@ class WorkerPool:
                 dead = w.local and w.proc is not None and w.proc.poll() is not None
                 if dead:
                     if w.healthy:
-                        LOG.error("worker %s exited (code %s): out of rotation", w.name,
-                                  w.proc.returncode if w.proc else None)
+                        LOG.error(
+                            "worker %s exited (code %s): out of rotation",
+                            w.name,
+                            w.proc.returncode if w.proc else None,
+                        )
                     w.healthy = False
                 elif await self._check(w, timeout=1.0):
                     w.healthy, w.failed_checks = True, 0
@@ -175,8 +192,7 @@ class WorkerPool:
                     if w.failed_checks >= 2 and w.healthy:
                         LOG.error("worker %s fails health checks: out of rotation", w.name)
                         w.healthy = False
-                if w.local and (dead or w.failed_checks >= 3) \
-                        and time.monotonic() >= w.next_restart_at:
+                if w.local and (dead or w.failed_checks >= 3) and time.monotonic() >= w.next_restart_at:
                     restarting[w.name] = asyncio.create_task(self._restart(w))
             await asyncio.sleep(0.25)
 

@@ -33,8 +33,17 @@ def model_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> Pa
 
     root = tmp_path_factory.mktemp("models")
     ckpt = train_tiny_llm(tmp_path_factory.mktemp("ckpt"), TINY_LLM_ANSWER)
-    opts = ExportOptions(llm=str(ckpt), with_encoder=False, quantize="none", factors=16,
-                         reg=0.1, alpha=2.0, iterations=6, progress=False,
-                         evaluate_ease=False, wheels_dir=wheels_dir)
+    opts = ExportOptions(
+        llm=str(ckpt),
+        with_encoder=False,
+        quantize="none",
+        factors=16,
+        reg=0.1,
+        alpha=2.0,
+        iterations=6,
+        progress=False,
+        evaluate_ease=False,
+        wheels_dir=wheels_dir,
+    )
     export_version(load_movielens100k(wheels_dir), root, opts)
     return root

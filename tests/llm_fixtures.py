@@ -12,10 +12,16 @@ from pathlib import Path
 from worker.prompt import build_user_message
 
 
-def train_tiny_llm(root: Path, answer: str, *, arch: str = "llama", steps: int = 120,
-                   history: tuple[str, ...] = ("Star Wars (1977)",),
-                   recommended: tuple[str, ...] = ("Fargo (1996)", "Contact (1997)"),
-                   intent: str = "") -> Path:
+def train_tiny_llm(
+    root: Path,
+    answer: str,
+    *,
+    arch: str = "llama",
+    steps: int = 120,
+    history: tuple[str, ...] = ("Star Wars (1977)",),
+    recommended: tuple[str, ...] = ("Fargo (1996)", "Contact (1997)"),
+    intent: str = "",
+) -> Path:
     """Returns a local HF checkpoint folder (pass it to export as --llm)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

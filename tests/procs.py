@@ -17,12 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def recgen(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "recgen.cli", *args], cwd=ROOT, env=env,
-                            **kw)
+    return subprocess.Popen([sys.executable, "-m", "recgen.cli", *args], cwd=ROOT, env=env, **kw)
 
 
-def wait_healthy(target: str, proc: subprocess.Popen, service: str = "",
-                 timeout: float = 120.0) -> None:
+def wait_healthy(target: str, proc: subprocess.Popen, service: str = "", timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
@@ -59,9 +57,18 @@ class Gateway:
         self.port = 0
 
     def start(self, timeout: float = 180.0) -> Gateway:
-        self.proc = recgen("serve", "--models", str(self.models), "--port", "0",
-                           "--state", str(self.state), *self.extra,
-                           stdout=subprocess.PIPE, text=True)
+        self.proc = recgen(
+            "serve",
+            "--models",
+            str(self.models),
+            "--port",
+            "0",
+            "--state",
+            str(self.state),
+            *self.extra,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

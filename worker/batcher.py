@@ -44,10 +44,17 @@ class _Job(Generic[T]):
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R]], *, name: str,
-                 max_batch: int = 64, max_delay: float = 0.002, max_queue: int = 256,
-                 metrics: Metrics | None = None,
-                 executor: ThreadPoolExecutor | None = None) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[T]], Sequence[R]],
+        *,
+        name: str,
+        max_batch: int = 64,
+        max_delay: float = 0.002,
+        max_queue: int = 256,
+        metrics: Metrics | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         assert max_batch >= 1 and max_queue >= max_batch, (max_batch, max_queue)
         self.run_batch = run_batch
         self.name = name

@@ -37,9 +37,7 @@ def apply_content_map(W: np.ndarray, emb: np.ndarray) -> np.ndarray:
     return out
 
 
-def load_content_map(
-    path: Path, *, dim: int | None = None, factors: int | None = None
-) -> np.ndarray:
+def load_content_map(path: Path, *, dim: int | None = None, factors: int | None = None) -> np.ndarray:
     """Read a saved map and check it against the encoder and factor widths."""
     W = np.load(path, allow_pickle=False)
     if W.ndim != 2 or W.dtype != np.float32:

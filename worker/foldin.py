@@ -24,8 +24,7 @@ def gram(factors: np.ndarray, reg: float) -> np.ndarray:
     return y.T @ y + reg * np.eye(y.shape[1])
 
 
-def solve_batch(factors: np.ndarray, gram_reg: np.ndarray, idx: np.ndarray,
-                conf: np.ndarray) -> np.ndarray:
+def solve_batch(factors: np.ndarray, gram_reg: np.ndarray, idx: np.ndarray, conf: np.ndarray) -> np.ndarray:
     """User vectors for a padded batch.
 
     factors: (n, d) item factors; gram_reg: (d, d) from `gram`;
@@ -42,8 +41,9 @@ def solve_batch(factors: np.ndarray, gram_reg: np.ndarray, idx: np.ndarray,
     return np.linalg.solve(a, b[..., None])[..., 0].astype(np.float32)
 
 
-def pad_histories(histories: list[tuple[np.ndarray, np.ndarray]],
-                  max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def pad_histories(
+    histories: list[tuple[np.ndarray, np.ndarray]], max_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """[(rows, conf), ...] -> (B, H) idx and conf, padding with row 0 / conf 0."""
     h = max((len(r) for r, _ in histories), default=0)
     if max_len is not None:

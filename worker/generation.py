@@ -473,6 +473,11 @@ class Generator:
             self._cv.notify()
         return handle
 
+    def room_for(self, prompt: str) -> int:
+        """New tokens that fit after this prompt (context and KV budget)."""
+        limit = min(self.max_batch_tokens, self.config.max_positions or self.max_batch_tokens)
+        return limit - len(self.encode(prompt))
+
     def stats(self) -> GeneratorStats:
         with self._cv:
             return GeneratorStats(

@@ -69,19 +69,23 @@ def _bind(server: grpc.aio.Server, listen: str) -> None:
 
 async def serve_worker(args: argparse.Namespace) -> None:
     threads = args.threads or os.cpu_count() or 1
-    cfg = WorkerConfig(threads=threads, device=args.device, max_batch=args.max_batch,
-                       max_delay=args.max_delay_ms / 1000.0, max_queue=args.max_queue,
-                       max_seqs=args.max_seqs, max_new_tokens=args.max_new_tokens)
+    cfg = WorkerConfig(
+        threads=threads,
+        device=args.device,
+        max_batch=args.max_batch,
+        max_delay=args.max_delay_ms / 1000.0,
+        max_queue=args.max_queue,
+        max_seqs=args.max_seqs,
+        max_new_tokens=args.max_new_tokens,
+    )
     metrics = Metrics()
     loop = asyncio.get_running_loop()
     # Load and warm up before binding: the socket appears only once the
     # models have run a real forward pass, and health says SERVING at once.
-    model = await loop.run_in_executor(
-        None, LoadedModel.load, Path(args.models), args.version, cfg, metrics)
+    model = await loop.run_in_executor(None, LoadedModel.load, Path(args.models), args.version, cfg, metrics)
     await loop.run_in_executor(None, model.warmup)
 
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_receive_message_length", 8 << 20)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 << 20)])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     worker_pb2_grpc.add_WorkerServicer_to_server(WorkerService(model, cfg, metrics), server)

@@ -67,8 +67,7 @@ class LoadedModel:
             factors=factors,
             popularity=popularity,
             foldin=FoldIn(factors, float(mf["reg"])),
-            retriever=Retriever(mv.file("items.faiss"), mv.manifest.params.get("index", {}),
-                                cfg.threads),
+            retriever=Retriever(mv.file("items.faiss"), mv.manifest.params.get("index", {}), cfg.threads),
             scorer=Scorer(mv.file("scorer.onnx"), threads=cfg.threads, providers=providers),
             alpha=float(mf["alpha"]),
             metrics=metrics,
@@ -81,31 +80,46 @@ class LoadedModel:
             llm_cfg = json.loads((mv.path / "llm" / "llm.json").read_text())
             # No spinning: idle ORT threads busy-waiting would steal the cores
             # that the ranking batches and the other workers need.
-            llm = Generator(mv.path / "llm", threads=cfg.threads, providers=tuple(providers),
-                            max_seqs=cfg.max_seqs, max_queue=cfg.max_queue,
-                            allow_spinning=False)
+            llm = Generator(
+                mv.path / "llm",
+                threads=cfg.threads,
+                providers=tuple(providers),
+                max_seqs=cfg.max_seqs,
+                max_queue=cfg.max_queue,
+                allow_spinning=False,
+            )
             # Word boundaries: text streams word by word, and an ungrounded mention
             # cuts the text right before it ("stops there"), not a sentence earlier.
             checker = GroundingChecker([it.title for it in catalog], boundary="word")
-        LOG.info("loaded model version %s (%d items, llm=%s) in %.1f s", mv.name, len(catalog),
-                 bool(llm), time.perf_counter() - t)
-        return LoadedModel(mv, catalog, {it.item_id: i for i, it in enumerate(catalog)},
-                           ranker, llm, llm_cfg, checker)
+        LOG.info(
+            "loaded model version %s (%d items, llm=%s) in %.1f s",
+            mv.name,
+            len(catalog),
+            bool(llm),
+            time.perf_counter() - t,
+        )
+        return LoadedModel(
+            mv, catalog, {it.item_id: i for i, it in enumerate(catalog)}, ranker, llm, llm_cfg, checker
+        )
 
     def warmup(self) -> None:
         """Real forward passes through every model: readiness means it works."""
         t = time.perf_counter()
         empty = np.zeros(0, np.int64)
         hist = np.arange(min(3, len(self.catalog)), dtype=np.int64)
-        res = self.ranker.rank([
-            RankJob(empty, np.zeros(0, np.float32), empty, 10),
-            RankJob(hist, np.ones(hist.size, np.float32), empty, 10),
-        ])
+        res = self.ranker.rank(
+            [
+                RankJob(empty, np.zeros(0, np.float32), empty, 10),
+                RankJob(hist, np.ones(hist.size, np.float32), empty, 10),
+            ]
+        )
         assert len(res) == 2 and res[1].rows.size > 0, "warm-up ranking returned nothing"
         if self.llm is not None:
             self.llm.start()
-            self.llm.generate_alone(self.llm_cfg.get("prompt_prefix", "") + "Hello"
-                                    + self.llm_cfg.get("prompt_suffix", ""), max_new_tokens=2)
+            self.llm.generate_alone(
+                self.llm_cfg.get("prompt_prefix", "") + "Hello" + self.llm_cfg.get("prompt_suffix", ""),
+                max_new_tokens=2,
+            )
         LOG.info("warm-up done in %.2f s", time.perf_counter() - t)
 
     def close(self) -> None:

@@ -45,14 +45,16 @@ def session_options(threads: int) -> ort.SessionOptions:
 class OnnxModel:
     def __init__(self, path: Path, *, threads: int, providers: list[str]) -> None:
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
-                                            providers=providers)
+        self.session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=providers
+        )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         if providers[0] != "CPUExecutionProvider" and self.session.get_providers()[0] != providers[0]:
             # ONNX Runtime falls back to CPU silently; say so loudly.
-            raise DeviceUnavailable(f"{path}: {providers[0]} did not load "
-                                    f"(session providers: {self.session.get_providers()})")
+            raise DeviceUnavailable(
+                f"{path}: {providers[0]} did not load (session providers: {self.session.get_providers()})"
+            )
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]

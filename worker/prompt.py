@@ -22,6 +22,11 @@ from worker.grounding import display_title
 MAX_HISTORY = 3  # history titles shown to the model (most recent first)
 MAX_RECOMMENDED = 3  # recommended titles presented (top of the ranking)
 MAX_INTENT_CHARS = 200
+# The first words of the model's answer, written for it. Measured on 24 real
+# users' prompts with SmolLM2-135M-Instruct int8: without it 17-42% of the
+# answers were refusals ("I'm sorry for any confusion ..."); with it none were,
+# and 92% of the texts were grounded (docs/llm.md).
+RESPONSE_PRIMER = "You will enjoy"
 
 T = TypeVar("T")
 
@@ -74,22 +79,22 @@ def build_user_message(
     assert recs, "at least one recommended title is needed"
     parts = []
     if hist:
-        parts.append(f"I recently watched and liked {_join(hist)}.")
+        parts.append(f"Movies I liked: {_join(hist)}.")
+    parts.append(f"Movies picked for me: {_join(recs)}.")
     wish = _clean(intent, MAX_INTENT_CHARS).replace('"', "'")
     if wish:
         # The wish is data about the user, quoted; it carries no instructions.
         parts.append(f'What I am in the mood for, in my own words: "{wish}".')
-    these = "this title" if len(recs) == 1 else "these titles"
-    parts.append(
-        f"In one or two short sentences, recommend {these} to me: {_join(recs)}. Mention no other titles."
-    )
+    parts.append("In one sentence, tell me why the picked movies suit me. Do not name any other movie.")
     return " ".join(parts)
 
 
-def build_prompt(llm_cfg: Mapping[str, Any] | Any, message: str) -> str:
-    """prefix + message + suffix, from llm.json (a mapping) or an object with those fields."""
+def build_prompt(llm_cfg: Mapping[str, Any] | Any, message: str, primer: str = "") -> str:
+    """prefix + message + suffix (+ the answer's first words), from llm.json (a
+    mapping) or an object with those fields. The primer is part of the text
+    shown: pass the same one to `textgen.generate_grounded`."""
     if isinstance(llm_cfg, Mapping):
         prefix, suffix = llm_cfg["prompt_prefix"], llm_cfg["prompt_suffix"]
     else:
         prefix, suffix = llm_cfg.prompt_prefix, llm_cfg.prompt_suffix
-    return f"{prefix}{message}{suffix}"
+    return f"{prefix}{message}{suffix}{primer}"

@@ -86,8 +86,7 @@ class Ranker:
             [(j.history_rows, 1.0 + self.alpha * j.history_weights) for j in jobs]
         )  # (B, d)
         t1 = time.perf_counter()
-        banned_counts = [j.exclude_rows.size + (0 if j.include_seen else j.history_rows.size)
-                         for j in jobs]
+        banned_counts = [j.exclude_rows.size + (0 if j.include_seen else j.history_rows.size) for j in jobs]
         fetch = max(max(j.k, RERANK_MIN) + b for j, b in zip(jobs, banned_counts, strict=True))
         _, cand = self.retriever.search(users, fetch)  # (B, fetch)
         t2 = time.perf_counter()
@@ -96,8 +95,7 @@ class Ranker:
         picked = np.full((len(jobs), c), -1, dtype=np.int64)
         for b, j in enumerate(jobs):
             row = cand[b]
-            banned = j.exclude_rows if j.include_seen else np.concatenate(
-                [j.exclude_rows, j.history_rows])
+            banned = j.exclude_rows if j.include_seen else np.concatenate([j.exclude_rows, j.history_rows])
             keep = row[(row >= 0) & ~np.isin(row, banned)][:c]
             picked[b, : keep.size] = keep
         valid = picked >= 0

@@ -48,8 +48,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.cfg = cfg
         self.metrics = metrics
         self.rank_batcher: Batcher[RankJob, RankResult] = Batcher(
-            model.ranker.rank, name="rank", max_batch=cfg.max_batch, max_delay=cfg.max_delay,
-            max_queue=cfg.max_queue, metrics=metrics,
+            model.ranker.rank,
+            name="rank",
+            max_batch=cfg.max_batch,
+            max_delay=cfg.max_delay,
+            max_queue=cfg.max_queue,
+            metrics=metrics,
         )
 
     def _rows(self, ids: list[str]) -> np.ndarray:
@@ -60,8 +64,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _job(self, request: worker_pb2.RankRequest) -> RankJob:
         index = self.model.item_index
-        hist = [(index[h.item_id], h.weight) for h in request.history
-                if h.item_id in index and h.weight > 0]
+        hist = [(index[h.item_id], h.weight) for h in request.history if h.item_id in index and h.weight > 0]
         return RankJob(
             history_rows=np.asarray([r for r, _ in hist], dtype=np.int64),
             history_weights=np.asarray([w for _, w in hist], dtype=np.float32),
@@ -70,12 +73,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             include_seen=request.include_seen,
         )
 
-    async def Rank(self, request: worker_pb2.RankRequest,
-                   context: grpc.aio.ServicerContext) -> worker_pb2.RankResponse:
+    async def Rank(
+        self, request: worker_pb2.RankRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.RankResponse:
         self.metrics.inc("rank_requests")
         if not 1 <= request.k <= MAX_K:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"k must be in 1..{MAX_K}, got {request.k}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
         try:
             res = await self.rank_batcher.submit(self._job(request), _deadline(context))
         except QueueFull as e:
@@ -84,42 +87,55 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
         catalog = self.model.catalog
         return worker_pb2.RankResponse(
-            items=[worker_pb2.RankedItem(item_id=catalog[r].item_id, title=catalog[r].title,
-                                         score=float(s))
-                   for r, s in zip(res.rows.tolist(), res.scores.tolist(), strict=True)],
+            items=[
+                worker_pb2.RankedItem(item_id=catalog[r].item_id, title=catalog[r].title, score=float(s))
+                for r, s in zip(res.rows.tolist(), res.scores.tolist(), strict=True)
+            ],
             model_version=self.model.name,
             batch_size=res.batch_size,
         )
 
-    async def Generate(self, request: worker_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext
-                       ) -> AsyncIterator[worker_pb2.GenerateResponse]:
+    async def Generate(
+        self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         from worker.generation import QueueFull as GenQueueFull
-        from worker.prompt import build_prompt, build_user_message
+        from worker.prompt import RESPONSE_PRIMER, build_prompt, build_user_message
         from worker.textgen import TextDone, generate_grounded
 
         m = self.model
         self.metrics.inc("generate_requests")
         if m.llm is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"model version {m.name} has no language model")
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"model version {m.name} has no language model"
+            )
         recs = self._rows(list(request.recommended_item_ids))[:SHOW_RECOMMENDED]
         hist = self._rows(list(request.history_item_ids))[:SHOW_HISTORY]
         if recs.size == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "recommended_item_ids has no item of this catalog")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "recommended_item_ids has no item of this catalog"
+            )
         titles = [it.title for it in m.catalog]
-        message = build_user_message([titles[r] for r in hist], [titles[r] for r in recs],
-                                     request.intent)
-        prompt = build_prompt(m.llm_cfg, message)
+        message = build_user_message([titles[r] for r in hist], [titles[r] for r in recs], request.intent)
+        prompt = build_prompt(m.llm_cfg, message, RESPONSE_PRIMER)
         allowed = set(hist.tolist()) | set(recs.tolist())
         max_new = request.max_new_tokens or self.cfg.max_new_tokens
-        max_new = min(max_new, 4 * self.cfg.max_new_tokens)
+        max_new = min(max_new, 4 * self.cfg.max_new_tokens, m.llm.room_for(prompt))
+        if max_new < 1:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "the prompt alone fills the language model's context"
+            )
         try:
             async for ev in generate_grounded(
-                m.llm, m.checker, prompt, allowed, max_new_tokens=max_new,
-                temperature=request.temperature, top_p=request.top_p or 1.0,
-                seed=request.seed, deadline=_deadline(context),
+                m.llm,
+                m.checker,
+                prompt,
+                allowed,
+                primer=RESPONSE_PRIMER,
+                max_new_tokens=max_new,
+                temperature=request.temperature,
+                top_p=request.top_p or 1.0,
+                seed=request.seed,
+                deadline=_deadline(context),
             ):
                 if isinstance(ev, TextDone):
                     # ev.text repeats the pieces already sent: the final carries none.
@@ -134,8 +150,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         except GenQueueFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
 
-    async def Stats(self, request: worker_pb2.StatsRequest,
-                    context: grpc.aio.ServicerContext) -> worker_pb2.StatsResponse:
+    async def Stats(
+        self, request: worker_pb2.StatsRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.StatsResponse:
         m = self.metrics
         counters = dict(m.counters)
         llm = self.model.llm
@@ -148,8 +165,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             queue_depth=self.rank_batcher.depth,
             counters=counters,
             histograms={
-                name: worker_pb2.Histogram(bounds=list(h.bounds), counts=h.cumulative(),
-                                           sum=h.sum)
+                name: worker_pb2.Histogram(bounds=list(h.bounds), counts=h.cumulative(), sum=h.sum)
                 for name, h in list(m.histograms.items())
             },
         )

@@ -55,15 +55,27 @@ _REASONS = {
 
 
 async def generate_grounded(
-    generator: Generator, checker: GroundingChecker, prompt: str, allowed: Collection[int], **gen_kwargs: Any
+    generator: Generator,
+    checker: GroundingChecker,
+    prompt: str,
+    allowed: Collection[int],
+    *,
+    primer: str = "",
+    **gen_kwargs: Any,
 ) -> AsyncIterator[TextEvent]:
     """Yield SafeText pieces, then one TextDone. gen_kwargs go to `Generator.submit`.
 
+    primer: the answer's first words, already at the end of `prompt`; shown as
+    the start of the text and checked like the rest of it.
     Raises what submit raises (QueueFull, ValueError, GeneratorClosed) before
     the first event. If the consumer stops early, the generation is cancelled.
     """
     guard = StreamGuard(checker, allowed)
     handle = generator.submit(prompt, **gen_kwargs)
+    if primer:
+        safe = guard.feed(primer)
+        if safe:
+            yield SafeText(safe)
     try:
         async for event in handle:
             if isinstance(event, TextPiece):

@@ -43,10 +43,12 @@ def ids(resp: pb.RecommendResponse) -> list[str]:
     return [i.item_id for i in resp.items]
 
 
-def feedback(stub, event_id: str, user: str, item: str, kind: int = pb.FEEDBACK_TYPE_CLICK,
-             **kw) -> pb.SendFeedbackResponse:
-    return stub.SendFeedback(pb.SendFeedbackRequest(event_id=event_id, user_id=user,
-                                                    item_id=item, type=kind, **kw), timeout=10)
+def feedback(
+    stub, event_id: str, user: str, item: str, kind: int = pb.FEEDBACK_TYPE_CLICK, **kw
+) -> pb.SendFeedbackResponse:
+    return stub.SendFeedback(
+        pb.SendFeedbackRequest(event_id=event_id, user_id=user, item_id=item, type=kind, **kw), timeout=10
+    )
 
 
 def test_recommend_cold_start_with_text(stub) -> None:
@@ -59,8 +61,11 @@ def test_recommend_cold_start_with_text(stub) -> None:
 
 
 def test_stream_sends_items_then_pieces_then_final(stub) -> None:
-    events = list(stub.StreamRecommend(pb.StreamRecommendRequest(
-        request=pb.RecommendRequest(user_id="streamer", k=3)), timeout=30))
+    events = list(
+        stub.StreamRecommend(
+            pb.StreamRecommendRequest(request=pb.RecommendRequest(user_id="streamer", k=3)), timeout=30
+        )
+    )
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "items" and kinds[-1] == "final"
     assert set(kinds[1:-1]) <= {"text_piece"}
@@ -97,15 +102,17 @@ def test_duplicate_event_stored_once_and_conflict(stub, state_path: Path) -> Non
     assert n == 1
 
 
-@pytest.mark.parametrize(("request_", "field"), [
-    (pb.RecommendRequest(user_id=""), "user_id"),
-    (pb.RecommendRequest(user_id="x" * 300), "user_id"),
-    (pb.RecommendRequest(user_id="u", k=-1), "k must be"),
-    (pb.RecommendRequest(user_id="u", k=101), "k must be"),
-    (pb.RecommendRequest(user_id="u", exclude_item_ids=["1"] * 1001), "exclude_item_ids"),
-    (pb.RecommendRequest(user_id="u", context=pb.Context(local_time="yesterday")),
-     "context.local_time"),
-])
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (pb.RecommendRequest(user_id=""), "user_id"),
+        (pb.RecommendRequest(user_id="x" * 300), "user_id"),
+        (pb.RecommendRequest(user_id="u", k=-1), "k must be"),
+        (pb.RecommendRequest(user_id="u", k=101), "k must be"),
+        (pb.RecommendRequest(user_id="u", exclude_item_ids=["1"] * 1001), "exclude_item_ids"),
+        (pb.RecommendRequest(user_id="u", context=pb.Context(local_time="yesterday")), "context.local_time"),
+    ],
+)
 def test_bad_recommend_input(stub, request_, field: str) -> None:
     with pytest.raises(grpc.RpcError) as e:
         stub.Recommend(request_, timeout=10)
@@ -128,11 +135,15 @@ def test_bad_feedback_input(stub) -> None:
 def test_health_and_reflection(gateway: Gateway) -> None:
     with grpc.insecure_channel(gateway.target) as ch:
         h = health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service="recgen.v1.Recommender"), timeout=5)
+            health_pb2.HealthCheckRequest(service="recgen.v1.Recommender"), timeout=5
+        )
         assert h.status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
-        (resp,) = list(refl.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+        (resp,) = list(
+            refl.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+        )
         names = {s.name for s in resp.list_services_response.service}
         assert "recgen.v1.Recommender" in names and "grpc.health.v1.Health" in names
 
@@ -141,14 +152,14 @@ def test_impressions_logged(stub, state_path: Path) -> None:
     r = stub.Recommend(pb.RecommendRequest(user_id="imp", k=4))
     time.sleep(0.5)  # impressions are written in groups every 0.2 s
     with sqlite3.connect(state_path) as db:
-        row = db.execute("SELECT user_id, items, model_version FROM impressions "
-                         "WHERE request_id=?", (r.request_id,)).fetchone()
+        row = db.execute(
+            "SELECT user_id, items, model_version FROM impressions WHERE request_id=?", (r.request_id,)
+        ).fetchone()
     assert row is not None and row[0] == "imp" and row[2] == r.model_version
     assert all(i in row[1] for i in ids(r))
 
 
-def test_feedback_survives_sigkill_and_sigterm_exits_zero(model_root: Path,
-                                                          tmp_path: Path) -> None:
+def test_feedback_survives_sigkill_and_sigterm_exits_zero(model_root: Path, tmp_path: Path) -> None:
     state = tmp_path / "s.db"
     gw = Gateway(model_root, state, "--workers", "1").start()
     try:

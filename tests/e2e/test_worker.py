@@ -21,8 +21,17 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def worker(model_root: Path, tmp_path_factory: pytest.TempPathFactory):
     sock = tmp_path_factory.mktemp("sock") / "w.sock"
-    proc = recgen("worker", "--models", str(model_root), "--listen", f"unix:{sock}",
-                  "--threads", "1", "--max-delay-ms", "5")
+    proc = recgen(
+        "worker",
+        "--models",
+        str(model_root),
+        "--listen",
+        f"unix:{sock}",
+        "--threads",
+        "1",
+        "--max-delay-ms",
+        "5",
+    )
     try:
         wait_healthy(f"unix:{sock}", proc, "recgen.worker.v1.Worker")
         yield f"unix:{sock}"
@@ -30,8 +39,7 @@ def worker(model_root: Path, tmp_path_factory: pytest.TempPathFactory):
         stop(proc)
 
 
-def reference_top_k(factors: np.ndarray, reg: float, alpha: float, items: list[int],
-                    k: int) -> list[int]:
+def reference_top_k(factors: np.ndarray, reg: float, alpha: float, items: list[int], k: int) -> list[int]:
     """Exact numpy MF, written independently: full-matrix iALS fold-in, all items scored."""
     n, d = factors.shape
     c = np.ones(n)
@@ -45,8 +53,7 @@ def reference_top_k(factors: np.ndarray, reg: float, alpha: float, items: list[i
     return list(np.argsort(-scores, kind="stable")[:k])
 
 
-def test_concurrent_requests_are_batched_and_exact(worker: str, model_root: Path,
-                                                   wheels_dir: Path) -> None:
+def test_concurrent_requests_are_batched_and_exact(worker: str, model_root: Path, wheels_dir: Path) -> None:
     mv = ModelRepository(model_root).open()
     factors = np.load(mv.file("item_factors.npy"))
     mf = mv.manifest.params["mf"]
@@ -62,16 +69,22 @@ def test_concurrent_requests_are_batched_and_exact(worker: str, model_root: Path
     async def main():
         async with grpc.aio.insecure_channel(worker) as ch:
             stub = pbg.WorkerStub(ch)
-            return await asyncio.gather(*(
-                stub.Rank(pb.RankRequest(k=10, history=[
-                    pb.Interaction(item_id=catalog[i].item_id, weight=1.0) for i in items]))
-                for items in users))
+            return await asyncio.gather(
+                *(
+                    stub.Rank(
+                        pb.RankRequest(
+                            k=10,
+                            history=[pb.Interaction(item_id=catalog[i].item_id, weight=1.0) for i in items],
+                        )
+                    )
+                    for items in users
+                )
+            )
 
     replies = asyncio.run(main())
     assert max(r.batch_size for r in replies) > 1, "concurrent requests were not batched"
     for items, r in zip(users, replies, strict=True):
-        want = [catalog[i].item_id for i in reference_top_k(factors, mf["reg"], mf["alpha"],
-                                                            items, 10)]
+        want = [catalog[i].item_id for i in reference_top_k(factors, mf["reg"], mf["alpha"], items, 10)]
         got = [it.item_id for it in r.items]
         assert got == want
         assert not set(got) & {catalog[i].item_id for i in items}  # seen never returned
@@ -92,16 +105,31 @@ def test_cold_start_exclusions_and_bad_k(worker: str) -> None:
 
 def test_full_queue_answers_resource_exhausted(model_root: Path, tmp_path: Path) -> None:
     sock = tmp_path / "q.sock"
-    proc = recgen("worker", "--models", str(model_root), "--listen", f"unix:{sock}",
-                  "--threads", "1", "--max-batch", "1", "--max-queue", "2", "--max-delay-ms", "50")
+    proc = recgen(
+        "worker",
+        "--models",
+        str(model_root),
+        "--listen",
+        f"unix:{sock}",
+        "--threads",
+        "1",
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "2",
+        "--max-delay-ms",
+        "50",
+    )
     try:
         wait_healthy(f"unix:{sock}", proc, "recgen.worker.v1.Worker")
 
         async def main():
             async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
                 stub = pbg.WorkerStub(ch)
-                calls = [stub.Rank(pb.RankRequest(k=5, history=[
-                    pb.Interaction(item_id=str(i + 1), weight=1.0)])) for i in range(40)]
+                calls = [
+                    stub.Rank(pb.RankRequest(k=5, history=[pb.Interaction(item_id=str(i + 1), weight=1.0)]))
+                    for i in range(40)
+                ]
                 return await asyncio.gather(*calls, return_exceptions=True)
 
         results = asyncio.run(main())

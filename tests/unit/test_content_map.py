@@ -35,9 +35,7 @@ def test_recovers_a_known_linear_map() -> None:
     # often than the content-blind mean factor does.
     assert report["heldout"]["nn_overlap@10"] > 0.5
     assert report["heldout"]["nn_any_overlap@10"] > 0.9
-    assert (
-        report["heldout"]["nn_overlap@10"] > report["baseline_mean_factor"]["nn_overlap@10"] + 0.3
-    )
+    assert report["heldout"]["nn_overlap@10"] > report["baseline_mean_factor"]["nn_overlap@10"] + 0.3
     rel = np.linalg.norm(W[:-1] - A) / np.linalg.norm(A)
     assert rel < 0.2
     np.testing.assert_allclose(W[-1], b, atol=0.3)
@@ -53,9 +51,7 @@ def test_apply_matches_the_formula_and_checks_shapes(tmp_path) -> None:
     with pytest.raises(ValueError, match="do not fit"):
         apply_content_map(W, emb[:, :100])
     np.save(tmp_path / "content_map.npy", W)
-    np.testing.assert_array_equal(
-        load_content_map(tmp_path / "content_map.npy", dim=DIM, factors=D), W
-    )
+    np.testing.assert_array_equal(load_content_map(tmp_path / "content_map.npy", dim=DIM, factors=D), W)
     with pytest.raises(ValueError, match="columns"):
         load_content_map(tmp_path / "content_map.npy", dim=DIM, factors=D + 1)
 

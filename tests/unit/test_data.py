@@ -28,18 +28,26 @@ def test_movielens_from_wheel(wheels_dir: Path) -> None:
 
 def test_user_files_clean_duplicates_and_missing(tmp_path: Path) -> None:
     items = write(tmp_path, "items.csv", ITEMS)
-    inter = write(tmp_path, "inter.csv",
-                  "user_id,item_id,rating,timestamp\n"
-                  "u1,1,5,100\n"
-                  "u1,1,5,100\n"  # exact duplicate: removed
-                  "u1,2,,200\n"  # missing rating: implicit positive
-                  ",3,4,300\n"  # missing user id: dropped
-                  "u2,3,4,\n"  # missing timestamp: file order
-                  "u2,1,99,50\n")  # outlier rating: clipped
+    inter = write(
+        tmp_path,
+        "inter.csv",
+        "user_id,item_id,rating,timestamp\n"
+        "u1,1,5,100\n"
+        "u1,1,5,100\n"  # exact duplicate: removed
+        "u1,2,,200\n"  # missing rating: implicit positive
+        ",3,4,300\n"  # missing user id: dropped
+        "u2,3,4,\n"  # missing timestamp: file order
+        "u2,1,99,50\n",
+    )  # outlier rating: clipped
     ds = load_files(inter, items)
     r = ds.report
-    assert (r.duplicates_removed, r.ratings_missing_filled, r.rows_missing_ids_dropped,
-            r.timestamps_missing_filled, r.ratings_clipped) == (1, 1, 1, 1, 1)
+    assert (
+        r.duplicates_removed,
+        r.ratings_missing_filled,
+        r.rows_missing_ids_dropped,
+        r.timestamps_missing_filled,
+        r.ratings_clipped,
+    ) == (1, 1, 1, 1, 1)
     assert len(ds) == 4 and ds.n_users == 2
     assert ds.items[1].title == "Beta" and ds.items[0].categories == ("Drama", "Comedy")
     assert np.isfinite(ds.timestamp).all()
@@ -82,8 +90,7 @@ def test_duplicate_item_in_catalog(tmp_path: Path) -> None:
 
 def test_histories_keep_time_ties_in_file_order(tmp_path: Path) -> None:
     items = write(tmp_path, "items.csv", ITEMS)
-    inter = write(tmp_path, "inter.csv",
-                  "user_id,item_id,timestamp\nu,3,10\nu,1,10\nu,2,5\n")
+    inter = write(tmp_path, "inter.csv", "user_id,item_id,timestamp\nu,3,10\nu,1,10\nu,2,5\n")
     ds = load_files(inter, items)
-    (_, rows), = list(iter_user_histories(ds))
+    ((_, rows),) = list(iter_user_histories(ds))
     assert [ds.items[i].item_id for i in ds.item[rows]] == ["2", "3", "1"]  # not by item id

@@ -9,8 +9,7 @@ from recgen.repository import Manifest, ModelRepository, RepositoryError, Versio
 
 
 def manifest() -> Manifest:
-    return Manifest(version="", created_at="now", dataset={}, dims={"factors": 4}, metrics={},
-                    params={})
+    return Manifest(version="", created_at="now", dataset={}, dims={"factors": 4}, metrics={}, params={})
 
 
 def test_version_visible_only_after_commit(tmp_path: Path) -> None:

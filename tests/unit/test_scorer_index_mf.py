@@ -43,9 +43,11 @@ def test_foldin_equals_independent_solve() -> None:
     rng = np.random.default_rng(1)
     y = rng.standard_normal((50, 8)).astype(np.float32)
     reg = 0.3
-    hist = [(np.array([3, 7, 9]), np.array([2.0, 3.0, 1.5], np.float32)),
-            (np.array([1]), np.array([4.0], np.float32)),
-            (np.array([], dtype=np.int64), np.array([], np.float32))]
+    hist = [
+        (np.array([3, 7, 9]), np.array([2.0, 3.0, 1.5], np.float32)),
+        (np.array([1]), np.array([4.0], np.float32)),
+        (np.array([], dtype=np.int64), np.array([], np.float32)),
+    ]
     got = FoldIn(y, reg).user_vectors(hist)
     for (rows, conf), x in zip(hist, got, strict=True):
         # Full-matrix form of the implicit ALS objective for one user.
@@ -67,11 +69,12 @@ def test_als_recovers_clusters() -> None:
         for i in rng.choice(20, size=8, replace=False):
             users.append(u)
             items.append(i + 20 * cluster)
-    m = train_als(np.array(users), np.array(items), 40, 40,
-                  ALSParams(factors=4, reg=0.1, alpha=5.0, iterations=10))
+    m = train_als(
+        np.array(users), np.array(items), 40, 40, ALSParams(factors=4, reg=0.1, alpha=5.0, iterations=10)
+    )
     scores = m.user_factors @ m.item_factors.T
-    own = np.array([scores[u, 20 * (u % 2):20 * (u % 2) + 20].mean() for u in range(40)])
-    other = np.array([scores[u, 20 * (1 - u % 2):20 * (1 - u % 2) + 20].mean() for u in range(40)])
+    own = np.array([scores[u, 20 * (u % 2) : 20 * (u % 2) + 20].mean() for u in range(40)])
+    other = np.array([scores[u, 20 * (1 - u % 2) : 20 * (1 - u % 2) + 20].mean() for u in range(40)])
     assert (own > other + 0.2).all()
 
 

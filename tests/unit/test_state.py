@@ -52,9 +52,11 @@ def test_query_only_store_refuses_instead_of_acknowledging(tmp_path: Path) -> No
 
 def test_feedback_weights_decay_and_sum() -> None:
     day = 86400.0
-    events = [Event("1", "u", "a", "PURCHASE", None, 100 * day),
-              Event("2", "u", "b", "VIEW", None, 100 * day),
-              Event("3", "u", "a", "CLICK", None, 10 * day)]
+    events = [
+        Event("1", "u", "a", "PURCHASE", None, 100 * day),
+        Event("2", "u", "b", "VIEW", None, 100 * day),
+        Event("3", "u", "a", "CLICK", None, 10 * day),
+    ]
     w = dict(history_weights(events, now=100 * day))
     assert w["b"] == pytest.approx(0.25)
     assert w["a"] == pytest.approx(3.0 + 0.5)  # the click is one half-life (90 days) old

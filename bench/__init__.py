@@ -1,0 +1,1 @@
+"""Benchmarks and load tools for recgen (not part of the installed server)."""
