@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sqlite3
 import time
@@ -179,3 +180,41 @@ def test_feedback_survives_sigkill_and_sigterm_exits_zero(model_root: Path, tmp_
     finally:
         code = gw.stop(signal.SIGTERM)
     assert code == 0
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children = (task / "children").read_text().split()
+        out.update(int(c) for c in children)
+    return out
+
+
+def test_killed_worker_is_survived_and_restarted(model_root: Path, tmp_path: Path) -> None:
+    gw = Gateway(model_root, tmp_path / "s.db", "--workers", "2").start()
+    try:
+        assert gw.proc is not None
+        workers = _children(gw.proc.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        with grpc.insecure_channel(gw.target) as ch:
+            s = pbg.RecommenderStub(ch)
+            failures = 0
+            for i in range(60):
+                if i == 10:
+                    os.kill(victim, signal.SIGKILL)
+                try:
+                    s.Recommend(pb.RecommendRequest(user_id=f"chaos-{i % 7}", k=5), timeout=10)
+                except grpc.RpcError:
+                    failures += 1
+                time.sleep(0.02)
+            assert failures == 0, "a Recommend in flight on the dead worker must be retried"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # restarted: two live workers again
+                now = _children(gw.proc.pid)
+                if len(now) == 2 and victim not in now:
+                    break
+                time.sleep(0.2)
+            assert len(now) == 2 and victim not in now
+    finally:
+        assert gw.stop(signal.SIGTERM) == 0
