@@ -106,6 +106,14 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--grace", type=float, default=10.0, help="drain period on SIGTERM, seconds")
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this HTTP port (0: any free port)",
+    )
+    p.add_argument("--log-user-ids", action="store_true", help="log raw user ids (default: keyed pseudonyms)")
+    p.add_argument("--log-salt", default=None, help="key for user-id pseudonyms (default: random per start)")
+    p.add_argument(
         "--max-in-flight", type=int, default=256, help="admission limit; excess gets RESOURCE_EXHAUSTED"
     )
 

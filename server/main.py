@@ -21,6 +21,10 @@ from grpc_reflection.v1alpha import reflection
 
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
+from server.metrics import GatewayMetrics
+from server.metrics import render as render_metrics
+from server.metrics_http import start_metrics_server
+from server.privacy import UserIdPolicy
 from server.service import RecommenderService
 from server.state import StateStore
 from server.workers import WorkerPool, WorkerSpec
@@ -39,6 +43,7 @@ class Gateway:
     pool: WorkerPool
     store: StateStore
     service: RecommenderService
+    metrics_server: asyncio.Server | None = None
 
 
 async def create_gateway(args: argparse.Namespace) -> Gateway:
@@ -58,7 +63,15 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
     await pool.start()
 
     store = StateStore(args.state, synchronous=args.synchronous)
-    service = RecommenderService(store, pool, catalog_ids, max_in_flight=args.max_in_flight)
+    metrics = GatewayMetrics()
+    service = RecommenderService(
+        store,
+        pool,
+        catalog_ids,
+        max_in_flight=args.max_in_flight,
+        metrics=metrics,
+        user_ids=UserIdPolicy(raw=args.log_user_ids, salt=args.log_salt),
+    )
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -78,7 +91,17 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Gateway(server, port, health_servicer, pool, store, service)
+    metrics_server = None
+    if args.metrics_port is not None:
+
+        async def render() -> str:
+            metrics.in_flight = service.admission.in_flight
+            return await render_metrics(metrics, pool, mv.name)
+
+        metrics_server = await start_metrics_server(args.host, args.metrics_port, render)
+        mport = metrics_server.sockets[0].getsockname()[1]
+        print(f"recgen: metrics on http://{args.host}:{mport}/metrics", flush=True)
+    return Gateway(server, port, health_servicer, pool, store, service, metrics_server)
 
 
 async def _flush_impressions(store: StateStore, stop: asyncio.Event) -> None:
@@ -106,6 +129,8 @@ async def serve(args: argparse.Namespace) -> None:
         await gw.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await gw.server.stop(grace=args.grace)  # refuses new calls, lets in-flight ones finish
     await flusher
+    if gw.metrics_server is not None:
+        gw.metrics_server.close()
     await gw.pool.stop()
     gw.store.close()
     LOG.info("stopped")

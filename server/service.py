@@ -23,6 +23,8 @@ from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
 from server.errors import map_errors
 from server.feedback import Semantics, history_weights
+from server.metrics import GatewayMetrics
+from server.privacy import UserIdPolicy
 from server.state import Event, StateStore
 from server.validation import (
     Recommendation,
@@ -81,12 +83,45 @@ class RecommenderService(pbg.RecommenderServicer):
         *,
         max_in_flight: int = 256,
         semantics: Semantics | None = None,
+        metrics: GatewayMetrics | None = None,
+        user_ids: UserIdPolicy | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
         self.catalog_ids = catalog_ids
         self.semantics = semantics or Semantics()
         self.admission = Admission(max_in_flight)
+        self.metrics = metrics or GatewayMetrics()
+        self.user_ids = user_ids or UserIdPolicy()
+
+    def _log_request(
+        self, method: str, p: Prepared, t0: float, t_rank: float, resp: pb.RecommendResponse
+    ) -> None:
+        """One line per request at debug level: ids and timings, no raw user id."""
+        if LOG.isEnabledFor(logging.DEBUG):
+            now = time.perf_counter()
+            LOG.debug(
+                "%s request_id=%s user=%s k=%d explain=%s items=%d rank_ms=%.1f text_ms=%.1f "
+                "total_ms=%.1f text_status=%s",
+                method,
+                p.request_id,
+                self.user_ids(p.req.user_id),
+                p.req.k,
+                p.req.explain,
+                len(resp.items),
+                (t_rank - t0) * 1e3,
+                (now - t_rank) * 1e3,
+                (now - t0) * 1e3,
+                pb.TextStatus.Name(resp.text_status),
+                extra={
+                    "fields": {
+                        "request_id": p.request_id,
+                        "method": method,
+                        "rank_ms": round((t_rank - t0) * 1e3, 2),
+                        "total_ms": round((now - t0) * 1e3, 2),
+                    }
+                },
+            )
 
     # ------------------------------------------------------------------ steps
 
@@ -196,10 +231,12 @@ class RecommenderService(pbg.RecommenderServicer):
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
-        async with map_errors(context, "Recommend"):
+        async with map_errors(context, "Recommend", self.metrics):
             with self.admission:
+                t0 = time.perf_counter()
                 p = await self._prepare(request, context)
                 ranked = await self._rank(p)
+                t_rank = time.perf_counter()
                 resp = self._response(p, ranked)
                 self._log(p, ranked)
                 if p.req.explain and ranked.items:
@@ -208,16 +245,19 @@ class RecommenderService(pbg.RecommenderServicer):
                         text += piece.text
                         final = piece
                     self._finish(resp, text, final)
+                self._log_request("Recommend", p, t0, t_rank, resp)
                 return resp
         raise AssertionError("unreachable")  # map_errors aborts
 
     async def StreamRecommend(
         self, request: pb.StreamRecommendRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamRecommendResponse]:
-        async with map_errors(context, "StreamRecommend"):
+        async with map_errors(context, "StreamRecommend", self.metrics):
             with self.admission:
+                t0 = time.perf_counter()
                 p = await self._prepare(request.request, context)
                 ranked = await self._rank(p)
+                t_rank = time.perf_counter()
                 first = self._response(p, ranked)
                 self._log(p, ranked)
                 yield pb.StreamRecommendResponse(items=first)
@@ -230,12 +270,13 @@ class RecommenderService(pbg.RecommenderServicer):
                         final = piece
                 last = pb.RecommendResponse(request_id=p.request_id, model_version=ranked.model_version)
                 self._finish(last, text, final)
+                self._log_request("StreamRecommend", p, t0, t_rank, last)
                 yield pb.StreamRecommendResponse(final=last)
 
     async def SendFeedback(
         self, request: pb.SendFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.SendFeedbackResponse:
-        async with map_errors(context, "SendFeedback"):
+        async with map_errors(context, "SendFeedback", self.metrics):
             fb = feedback_from_pb(request)
             if fb.item_id not in self.catalog_ids:
                 from server.errors import NotFound

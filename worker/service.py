@@ -124,6 +124,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, "the prompt alone fills the language model's context"
             )
+        t0 = time.monotonic()
+        t_first: float | None = None
         try:
             async for ev in generate_grounded(
                 m.llm,
@@ -138,6 +140,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 deadline=_deadline(context),
             ):
                 if isinstance(ev, TextDone):
+                    if t_first is not None and ev.tokens > 1:
+                        per_token = (time.monotonic() - t_first) / (ev.tokens - 1)
+                        self.metrics.observe("time_per_token_seconds", per_token)
                     # ev.text repeats the pieces already sent: the final carries none.
                     yield worker_pb2.GenerateResponse(
                         finished=True,
@@ -146,6 +151,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     )
                     return
                 if ev.text:
+                    if t_first is None:
+                        t_first = time.monotonic()
+                        self.metrics.observe("ttft_seconds", t_first - t0)
                     yield worker_pb2.GenerateResponse(text=ev.text)
         except GenQueueFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
