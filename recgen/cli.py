@@ -105,6 +105,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--grace", type=float, default=10.0, help="drain period on SIGTERM, seconds")
+    p.add_argument("--tls-cert", help="PEM certificate chain for the public port (enables TLS)")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA bundle: require client certificates (mTLS)")
+    p.add_argument("--auth-tokens", help="file of 'ROLE TOKEN' lines (ROLE: serve|admin); enables token auth")
+    p.add_argument(
+        "--feedback-rate",
+        type=float,
+        default=50.0,
+        help="SendFeedback events per second per user (0: no limit)",
+    )
+    p.add_argument("--feedback-burst", type=float, default=200.0)
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -127,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_worker(sub)
     _add_serve(sub)
     args = parser.parse_args(argv)
+    if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.command == "serve" and args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert/--tls-key")
     _configure_logging(args.log_level, args.log_format)
 
     if args.command == "export":

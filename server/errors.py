@@ -5,15 +5,21 @@ bad input → INVALID_ARGUMENT, unknown item → NOT_FOUND, idempotency
 conflict → ALREADY_EXISTS, overload → RESOURCE_EXHAUSTED, no worker or a
 store that cannot write → UNAVAILABLE. Status codes a worker returned pass
 through unchanged. Anything else is a bug: INTERNAL, logged with its trace.
+
+Request bytes that do not decode (corrupt wire format, bad UTF-8 in a string
+field) never reach a servicer: grpc.aio would answer UNKNOWN and log a
+traceback. `DecodeErrors`, a server interceptor, answers INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import grpc
 
@@ -74,3 +80,58 @@ async def map_errors(
     finally:
         if metrics is not None:
             metrics.observe_request(method, code, time.perf_counter() - t0)
+
+
+class DecodeErrors(grpc.aio.ServerInterceptor):
+    """Undecodable request bytes → INVALID_ARGUMENT, for unary-request rpcs.
+
+    The handler's deserializer is moved into the behavior, where a failure
+    can abort with a status; grpc.aio itself would answer UNKNOWN
+    ("Unexpected <class 'DecodeError'>") and log it as a servicer error.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        return _decoding(handler)
+
+
+def _decoding(handler: Any) -> Any:
+    decode = handler.request_deserializer
+
+    async def parse(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return decode(raw)
+        except Exception as e:  # protobuf's DecodeError, or whatever a custom deserializer raises
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request could not be decoded: {e}")
+
+    if handler.response_streaming:
+        behavior = handler.unary_stream
+        if inspect.isasyncgenfunction(behavior):
+
+            async def stream_gen(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                request = await parse(raw, context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return grpc.unary_stream_rpc_method_handler(stream_gen, None, handler.response_serializer)
+        if inspect.iscoroutinefunction(behavior):  # writes with context.write()
+
+            async def stream_co(raw: bytes, context: grpc.aio.ServicerContext) -> None:
+                await behavior(await parse(raw, context), context)
+
+            return grpc.unary_stream_rpc_method_handler(stream_co, None, handler.response_serializer)
+        return handler
+    behavior = handler.unary_unary
+    if not inspect.iscoroutinefunction(behavior):
+        return handler  # a sync behavior (run in a thread pool): left as grpc serves it
+
+    async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(await parse(raw, context), context)
+
+    return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)

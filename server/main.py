@@ -21,10 +21,12 @@ from grpc_reflection.v1alpha import reflection
 
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
+from server.auth import AuthInterceptor, load_tokens, server_credentials
 from server.metrics import GatewayMetrics
 from server.metrics import render as render_metrics
 from server.metrics_http import start_metrics_server
 from server.privacy import UserIdPolicy
+from server.ratelimit import RateLimiter
 from server.service import RecommenderService
 from server.state import StateStore
 from server.workers import WorkerPool, WorkerSpec
@@ -71,12 +73,15 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
         max_in_flight=args.max_in_flight,
         metrics=metrics,
         user_ids=UserIdPolicy(raw=args.log_user_ids, salt=args.log_salt),
+        feedback_limiter=RateLimiter(args.feedback_rate, args.feedback_burst),
     )
+    interceptors = [AuthInterceptor(load_tokens(args.auth_tokens))] if args.auth_tokens else []
     server = grpc.aio.server(
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(service, server)
     health_servicer = health.aio.HealthServicer()
@@ -85,7 +90,12 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    address = f"{args.host}:{args.port}"
+    if args.tls_cert:
+        creds = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot listen on {args.host}:{args.port}")
     await server.start()

@@ -21,15 +21,17 @@ import grpc
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
-from server.errors import map_errors
+from server.errors import NotFound, Overloaded, map_errors
 from server.feedback import Semantics, history_weights
 from server.metrics import GatewayMetrics
 from server.privacy import UserIdPolicy
+from server.ratelimit import RateLimiter
 from server.state import Event, StateStore
 from server.validation import (
     Recommendation,
     feedback_from_pb,
     recommendation_from_pb,
+    user_id_from_pb,
 )
 from server.workers import NoWorkerAvailable, WorkerPool
 
@@ -64,8 +66,6 @@ class Admission:
 
     def __enter__(self) -> Admission:
         if self.in_flight >= self.limit:
-            from server.errors import Overloaded
-
             raise Overloaded(f"server busy: {self.in_flight} requests in flight")
         self.in_flight += 1
         return self
@@ -85,6 +85,7 @@ class RecommenderService(pbg.RecommenderServicer):
         semantics: Semantics | None = None,
         metrics: GatewayMetrics | None = None,
         user_ids: UserIdPolicy | None = None,
+        feedback_limiter: RateLimiter | None = None,
     ) -> None:
         self.store = store
         self.pool = pool
@@ -93,6 +94,7 @@ class RecommenderService(pbg.RecommenderServicer):
         self.admission = Admission(max_in_flight)
         self.metrics = metrics or GatewayMetrics()
         self.user_ids = user_ids or UserIdPolicy()
+        self.feedback_limiter = feedback_limiter or RateLimiter(rate=0, burst=0)
 
     def _log_request(
         self, method: str, p: Prepared, t0: float, t_rank: float, resp: pb.RecommendResponse
@@ -278,9 +280,9 @@ class RecommenderService(pbg.RecommenderServicer):
     ) -> pb.SendFeedbackResponse:
         async with map_errors(context, "SendFeedback", self.metrics):
             fb = feedback_from_pb(request)
+            if not self.feedback_limiter.allow(fb.user_id):
+                raise Overloaded("feedback rate limit for this user exceeded; retry later")
             if fb.item_id not in self.catalog_ids:
-                from server.errors import NotFound
-
                 raise NotFound(f"item_id {fb.item_id!r} is not in the catalog")
             ev = Event(
                 event_id=fb.event_id,
@@ -295,4 +297,14 @@ class RecommenderService(pbg.RecommenderServicer):
             # leave us unsure whether it committed; it completes either way.
             stored = await asyncio.shield(self.store.add_event(ev))
             return pb.SendFeedbackResponse(stored=stored)
+        raise AssertionError("unreachable")
+
+    async def ForgetUser(
+        self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ForgetUserResponse:
+        async with map_errors(context, "ForgetUser", self.metrics):
+            user_id = user_id_from_pb(request.user_id)
+            events, impressions = await asyncio.shield(self.store.forget_user(user_id))
+            LOG.info("forgot user %s: %d events, %d impressions", self.user_ids(user_id), events, impressions)
+            return pb.ForgetUserResponse(events_deleted=events, impressions_deleted=impressions)
         raise AssertionError("unreachable")

@@ -83,6 +83,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA secure_delete=ON")  # forgotten users leave no bytes in free pages
     return conn
 
 
@@ -150,6 +151,76 @@ class StateStore:
                     c.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as e:  # disk full, read-only, I/O error, locked
+            raise StoreUnavailable(f"state store cannot write: {e}") from e
+        except sqlite3.DatabaseError as e:
+            raise StoreUnavailable(f"state store error: {e}") from e
+
+    def forget_user_sync(self, user_id: str) -> tuple[int, int]:
+        """Delete the user's events and impressions in one durable transaction."""
+        self.flush_impressions_sync()  # queued impressions of this user too
+        c = self._writer
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            events = c.execute("DELETE FROM events WHERE user_id=?", (user_id,)).rowcount
+            impressions = c.execute("DELETE FROM impressions WHERE user_id=?", (user_id,)).rowcount
+            c.execute("COMMIT")
+        except sqlite3.Error as e:
+            if c.in_transaction:
+                c.execute("ROLLBACK")
+            raise StoreUnavailable(f"state store cannot delete: {e}") from e
+        return events, impressions
+
+    async def forget_user(self, user_id: str) -> tuple[int, int]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._write_pool, self.forget_user_sync, user_id
+        )
+
+    def add_events_bulk_sync(self, events: list[Event]) -> int:
+        """Many events in one transaction (one fsync); returns how many were stored now.
+
+        For loading a history (a replay, a migration), where one commit per event
+        would take minutes. Idempotent like `add_event_sync`: an event_id already
+        stored with the same payload is skipped, with another payload it is a
+        Conflict and nothing of the batch is stored.
+        """
+        c = self._writer
+        stored = 0
+        now = time.time()
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for ev in events:
+                    digest = ev.payload_hash()
+                    row = c.execute(
+                        "SELECT payload_hash FROM events WHERE event_id=?", (ev.event_id,)
+                    ).fetchone()
+                    if row is not None:
+                        if row[0] != digest:
+                            raise Conflict(f"event_id {ev.event_id!r} was stored with another payload")
+                        continue
+                    c.execute(
+                        "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
+                        " received_at, payload_hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            ev.event_id,
+                            ev.user_id,
+                            ev.item_id,
+                            ev.type,
+                            ev.value,
+                            ev.ts,
+                            ev.request_id,
+                            now,
+                            digest,
+                        ),
+                    )
+                    stored += 1
+                c.execute("COMMIT")
+                return stored
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
             raise StoreUnavailable(f"state store cannot write: {e}") from e
         except sqlite3.DatabaseError as e:
             raise StoreUnavailable(f"state store error: {e}") from e

@@ -149,3 +149,7 @@ def feedback_from_pb(r: pb.SendFeedbackRequest) -> Feedback:
     ts = parse_time(r.timestamp, "timestamp").timestamp() if r.timestamp else None
     request_id = _id(r.request_id, "request_id", MAX_REQUEST_ID_BYTES, required=False)
     return Feedback(event_id, user_id, item_id, kind, value, ts, request_id)
+
+
+def user_id_from_pb(user_id: str) -> str:
+    return _id(user_id, "user_id")

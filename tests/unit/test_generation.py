@@ -83,7 +83,9 @@ def test_batched_greedy_equals_generate_alone(llm_dirs, arch):
             assert fin.reason == ("length" if len(ref_ids) == 24 else "eos")
             assert h.prefills == 1
         stats = g.stats()
-        assert stats.prefill_calls == 2 and stats.max_rows_per_step >= 4
+        # The two late ones usually share one prefill; on a loaded machine the
+        # scheduler may admit the first before the second is queued (3 calls).
+        assert stats.prefill_calls in (2, 3) and stats.max_rows_per_step >= 4
         assert stats.tokens_generated == sum(len(r[0]) for r in refs)
 
     with Generator(llm_dirs[arch], threads=1) as g:

@@ -1,0 +1,209 @@
+"""TLS, mutual TLS, tokens with rights, per-user feedback limits, ForgetUser."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recgen.v1 import recommender_pb2 as pb
+from recgen.v1 import recommender_pb2_grpc as pbg
+from tests.procs import recgen, stop
+
+pytestmark = pytest.mark.e2e
+
+SERVE_TOKEN = "serve-token-0123456789abcdef"
+ADMIN_TOKEN = "admin-token-0123456789abcdef"
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for localhost, a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=recgen-test-ca",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=d,
+        )
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
+    return d
+
+
+def start(model_root: Path, tmp: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    proc = recgen(
+        "serve",
+        "--models",
+        str(model_root),
+        "--port",
+        "0",
+        "--workers",
+        "1",
+        "--state",
+        str(tmp / "s.db"),
+        *extra,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("recgen: serving on "):
+            return proc, int(line.rsplit(":", 1)[1])
+    raise RuntimeError(f"serve exited with {proc.wait()}")
+
+
+def wait_serving(channel: grpc.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for _ in range(100):
+        try:
+            if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == 1:
+                return
+        except grpc.RpcError:
+            time.sleep(0.1)
+    raise TimeoutError
+
+
+def test_mutual_tls_and_token_rights(model_root: Path, pki: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"# role token\nserve {SERVE_TOKEN}\nadmin {ADMIN_TOKEN}\n")
+    proc, port = start(
+        model_root,
+        tmp_path,
+        "--tls-cert",
+        str(pki / "server.pem"),
+        "--tls-key",
+        str(pki / "server.key"),
+        "--tls-client-ca",
+        str(pki / "ca.pem"),
+        "--auth-tokens",
+        str(tokens),
+        "--feedback-rate",
+        "1",
+        "--feedback-burst",
+        "3",
+    )
+    target = f"localhost:{port}"
+    ca = (pki / "ca.pem").read_bytes()
+    try:
+        client = grpc.ssl_channel_credentials(
+            ca, (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()
+        )
+        with grpc.secure_channel(target, client) as ch:
+            wait_serving(ch)  # health is open: probes carry no token
+            s = pbg.RecommenderStub(ch)
+            req = pb.RecommendRequest(user_id="sec", k=3)
+            with pytest.raises(grpc.RpcError) as e:
+                s.Recommend(req, timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as e:
+                s.Recommend(req, timeout=10, metadata=[("authorization", "Bearer wrong-token-xxxxxxxx")])
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            serve = [("authorization", f"Bearer {SERVE_TOKEN}")]
+            admin = [("authorization", f"Bearer {ADMIN_TOKEN}")]
+            assert len(s.Recommend(req, timeout=10, metadata=serve).items) == 3
+            with pytest.raises(grpc.RpcError) as e:
+                s.ForgetUser(pb.ForgetUserRequest(user_id="sec"), timeout=10, metadata=serve)
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+            # Per-user feedback limit: a burst of 3, then RESOURCE_EXHAUSTED; others unaffected.
+            codes = []
+            for i in range(6):
+                try:
+                    s.SendFeedback(
+                        pb.SendFeedbackRequest(
+                            event_id=f"sec-{i}", user_id="sec", item_id="1", type=pb.FEEDBACK_TYPE_VIEW
+                        ),
+                        timeout=10,
+                        metadata=serve,
+                    )
+                    codes.append("OK")
+                except grpc.RpcError as err:
+                    codes.append(err.code().name)
+            assert codes[:3] == ["OK"] * 3 and "RESOURCE_EXHAUSTED" in codes[3:]
+            s.SendFeedback(
+                pb.SendFeedbackRequest(
+                    event_id="other-1", user_id="other", item_id="1", type=pb.FEEDBACK_TYPE_VIEW
+                ),
+                timeout=10,
+                metadata=serve,
+            )
+
+            # ForgetUser (admin): nothing of the user is left in the store.
+            r = s.ForgetUser(pb.ForgetUserRequest(user_id="sec"), timeout=10, metadata=admin)
+            assert r.events_deleted == 3 and r.impressions_deleted >= 1
+            with sqlite3.connect(tmp_path / "s.db") as db:
+                for table in ("events", "impressions"):
+                    n = db.execute(f"SELECT COUNT(*) FROM {table} WHERE user_id='sec'").fetchone()[0]
+                    assert n == 0, table
+                assert db.execute("SELECT COUNT(*) FROM events WHERE user_id='other'").fetchone()[0] == 1
+
+        # Without a client certificate, mutual TLS refuses the connection.
+        with grpc.secure_channel(target, grpc.ssl_channel_credentials(ca)) as ch:
+            with pytest.raises(grpc.RpcError) as e:
+                pbg.RecommenderStub(ch).Recommend(
+                    req, timeout=5, metadata=[("authorization", f"Bearer {SERVE_TOKEN}")]
+                )
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        # Plaintext to a TLS port fails too.
+        with grpc.insecure_channel(target) as ch:
+            with pytest.raises(grpc.RpcError):
+                pbg.RecommenderStub(ch).Recommend(req, timeout=5)
+    finally:
+        if proc.stdout:
+            proc.stdout.close()
+        assert stop(proc, signal.SIGTERM) == 0
