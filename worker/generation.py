@@ -47,6 +47,8 @@ from worker.kv_cache import KVCache, concat, left_pad, position_ids
 
 LOG = logging.getLogger(__name__)
 
+MAX_UNREAD_EVENTS = 64  # text pieces a handle may buffer unread before it is cancelled
+
 LLM_FORMAT = 1  # the llm.json format this module reads
 StopReason = Literal["eos", "length", "deadline", "cancelled", "error"]
 _RECENT = 4096  # latency samples and step records kept for stats
@@ -154,6 +156,7 @@ class GenerationHandle:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._ended = False
         self._cancel_requested = False
+        self.slow_reader = False  # cancelled because its reader fell behind
 
     def cancel(self) -> None:
         """Stop generating: the request leaves the batch before the next step."""
@@ -777,6 +780,12 @@ class Generator:
 def _deliver(items: Iterable[tuple[GenerationHandle, Event]]) -> None:
     for handle, event in items:
         handle._queue.put_nowait(event)
+        # A reader that stopped reading (a stalled stream) must not keep a
+        # decode slot: past MAX_UNREAD_EVENTS unread pieces the request is
+        # cancelled and leaves the batch before the next step.
+        if handle._queue.qsize() > MAX_UNREAD_EVENTS and not handle._cancel_requested:
+            handle.slow_reader = True
+            handle.cancel()
 
 
 def _sample(

@@ -96,6 +96,8 @@ async def generate_grounded(
                     yield _ungrounded(guard, event.tokens)
                     return
                 reason = event.error if event.reason == "error" else _REASONS[event.reason]
+                if handle.slow_reader:
+                    reason = "the reader fell behind the text; generation stopped"
                 yield TextDone(event.reason, reason or "error", guard.released_text, event.tokens)
                 return
     finally:

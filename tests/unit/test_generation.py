@@ -265,3 +265,22 @@ def test_serving_modules_never_import_torch():
     )
     root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+@pytest.mark.slow
+def test_stalled_reader_loses_its_decode_slot(gen):
+    from worker.generation import MAX_UNREAD_EVENTS
+
+    async def main() -> None:
+        stalled = gen.submit(_prompt(gen, MESSAGES[0]), max_new_tokens=MAX_UNREAD_EVENTS * 3)
+        # Nobody reads `stalled`: its pieces pile up until it is cancelled.
+        for _ in range(500):
+            if stalled.finished is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert stalled.slow_reader and stalled.finished is not None
+        assert stalled.finished.reason == "cancelled"
+        assert len(stalled.token_ids) < MAX_UNREAD_EVENTS * 3
+        assert gen.stats().running == 0  # it left the batch: no decode slot held
+
+    asyncio.run(main())
