@@ -81,5 +81,8 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy recgen export worker server
 
-clean:
+clean: clean-stubs
 	rm -rf recgen/v1 recgen/worker/v1 .pytest_cache
+
+# Client stubs and example clients in other languages, buf lint / breaking.
+include clients/stubs.mk

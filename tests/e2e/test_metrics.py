@@ -59,8 +59,12 @@ def test_metrics_move_under_load(model_root: Path, tmp_path: Path) -> None:
         before = scrape(url)
         with grpc.insecure_channel(target) as ch:
             s = pbg.RecommenderStub(ch)
-            s.SendFeedback(pb.SendFeedbackRequest(event_id="m-1", user_id="m0", item_id="50",
-                                                  type=pb.FEEDBACK_TYPE_CLICK), timeout=10)
+            s.SendFeedback(
+                pb.SendFeedbackRequest(
+                    event_id="m-1", user_id="m0", item_id="50", type=pb.FEEDBACK_TYPE_CLICK
+                ),
+                timeout=10,
+            )
             for i in range(20):  # m0 is a known user: fold-in, retrieval and scoring run
                 s.Recommend(pb.RecommendRequest(user_id=f"m{i}", k=5), timeout=10)
             s.Recommend(pb.RecommendRequest(user_id="m", k=3, explain=True), timeout=30)
