@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -31,6 +32,7 @@ from server.validation import (
     Recommendation,
     feedback_from_pb,
     recommendation_from_pb,
+    similar_from_pb,
     user_id_from_pb,
 )
 from server.workers import NoWorkerAvailable, WorkerPool
@@ -143,6 +145,26 @@ class RecommenderService(pbg.RecommenderServicer):
     def _timeout(self, deadline: float | None, margin: float = 0.0) -> float | None:
         return None if deadline is None else max(0.001, deadline - time.monotonic() - margin)
 
+    async def _call_worker(self, method: str, msg: object, deadline: float | None) -> Any:
+        """A unary worker call on the least-loaded worker; retried once on another
+        worker if the first is unreachable (these calls have no side effects)."""
+        tried: set[str] = set()
+        for attempt in range(RANK_ATTEMPTS):
+            w = self.pool.pick(avoid=tried)
+            w.in_flight += 1
+            try:
+                assert w.stub is not None
+                return await getattr(w.stub, method)(msg, timeout=self._timeout(deadline))
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
+                    raise
+                self.pool.mark_failed(w)
+                tried.add(w.name)
+                LOG.warning("%s on %s failed (%s): retrying elsewhere", method, w.name, e.details())
+            finally:
+                w.in_flight -= 1
+        raise NoWorkerAvailable(f"no worker could answer {method}")  # pragma: no cover
+
     async def _rank(self, p: Prepared) -> wpb.RankResponse:
         c = p.req.context
         msg = wpb.RankRequest(
@@ -150,23 +172,10 @@ class RecommenderService(pbg.RecommenderServicer):
             exclude_item_ids=p.exclude,
             k=p.req.k,
             context=wpb.RankContext(hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale),
+            include_categories=p.req.include_categories,
+            exclude_categories=p.req.exclude_categories,
         )
-        tried: set[str] = set()
-        for attempt in range(RANK_ATTEMPTS):
-            w = self.pool.pick(avoid=tried)
-            w.in_flight += 1
-            try:
-                assert w.stub is not None
-                return await w.stub.Rank(msg, timeout=self._timeout(p.deadline))
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
-                    raise
-                self.pool.mark_failed(w)
-                tried.add(w.name)
-                LOG.warning("rank on %s failed (%s): retrying elsewhere", w.name, e.details())
-            finally:
-                w.in_flight -= 1
-        raise NoWorkerAvailable("no worker could rank")  # pragma: no cover
+        return await self._call_worker("Rank", msg, p.deadline)
 
     async def _text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
         """Grounded text pieces, then one final message (always)."""
@@ -297,6 +306,23 @@ class RecommenderService(pbg.RecommenderServicer):
             # leave us unsure whether it committed; it completes either way.
             stored = await asyncio.shield(self.store.add_event(ev))
             return pb.SendFeedbackResponse(stored=stored)
+        raise AssertionError("unreachable")
+
+    async def SimilarItems(
+        self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SimilarItemsResponse:
+        async with map_errors(context, "SimilarItems", self.metrics):
+            with self.admission:
+                item_id, k = similar_from_pb(request)
+                if item_id not in self.catalog_ids:
+                    raise NotFound(f"item_id {item_id!r} is not in the catalog")
+                remaining = context.time_remaining()
+                deadline = None if remaining is None else time.monotonic() + remaining
+                r = await self._call_worker("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
+                return pb.SimilarItemsResponse(
+                    items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in r.items],
+                    model_version=r.model_version,
+                )
         raise AssertionError("unreachable")
 
     async def ForgetUser(

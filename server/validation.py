@@ -3,7 +3,9 @@
 Limits (documented in README "Operating recgen"):
 user_id 1..256 bytes, item_id 1..256, event_id 1..128, request_id ≤ 64,
 k 0..100 (0 → 10), exclude_item_ids ≤ 1000, intent ≤ 500 characters,
+include/exclude_categories ≤ 50 entries of ≤ 64 bytes,
 device ≤ 32, locale ≤ 35, local_time/timestamp RFC 3339, RATE value 0..5.
+Ids contain no control characters (U+0000-U+001F, U+007F-U+009F).
 Returns plain dataclasses: no protobuf types below the servicer.
 """
 
@@ -22,6 +24,8 @@ MAX_EVENT_ID_BYTES = 128
 MAX_REQUEST_ID_BYTES = 64
 MAX_INTENT_CHARS = 500
 MAX_DEVICE_CHARS = 32
+MAX_CATEGORIES = 50
+MAX_CATEGORY_CHARS = 64
 MAX_LOCALE_CHARS = 35
 
 FEEDBACK_TYPES = {
@@ -54,6 +58,8 @@ class Recommendation:
     explain: bool
     context: RequestContext
     exclude_item_ids: tuple[str, ...]
+    include_categories: tuple[str, ...] = ()
+    exclude_categories: tuple[str, ...] = ()
 
 
 def _id(value: str, field: str, max_bytes: int = MAX_ID_BYTES, required: bool = True) -> str:
@@ -62,7 +68,7 @@ def _id(value: str, field: str, max_bytes: int = MAX_ID_BYTES, required: bool = 
         raise InvalidArgument(f"{field} must not be empty")
     if n > max_bytes:
         raise InvalidArgument(f"{field} is {n} bytes; at most {max_bytes}")
-    if any(ord(ch) < 32 for ch in value):
+    if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in value):  # Unicode Cc: C0, DEL, C1
         raise InvalidArgument(f"{field} contains control characters")
     return value
 
@@ -115,7 +121,23 @@ def recommendation_from_pb(r: pb.RecommendRequest) -> Recommendation:
         explain=r.explain,
         context=context_from_pb(r.context),
         exclude_item_ids=exclude,
+        include_categories=_categories(r.include_categories, "include_categories"),
+        exclude_categories=_categories(r.exclude_categories, "exclude_categories"),
     )
+
+
+def _categories(values: object, field: str) -> tuple[str, ...]:
+    cats = list(values)  # type: ignore[call-overload]
+    if len(cats) > MAX_CATEGORIES:
+        raise InvalidArgument(f"{field} has {len(cats)} entries; at most {MAX_CATEGORIES}")
+    return tuple(_id(c, f"{field}[]", MAX_CATEGORY_CHARS) for c in cats)
+
+
+def similar_from_pb(r: pb.SimilarItemsRequest) -> tuple[str, int]:
+    item_id = _id(r.item_id, "item_id")
+    if r.k < 0 or r.k > MAX_K:
+        raise InvalidArgument(f"k must be in 0..{MAX_K} (0 means {DEFAULT_K}), got {r.k}")
+    return item_id, r.k or DEFAULT_K
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,22 @@ class LoadedModel:
     llm: Any | None  # worker.generation.Generator when the version has an LLM
     llm_cfg: dict[str, Any] | None
     checker: Any | None  # worker.grounding.GroundingChecker
+    categories: dict[str, np.ndarray] = field(default_factory=dict)  # lower-cased -> (n,) bool
+
+    def allowed_by_categories(self, include: list[str], exclude: list[str]) -> np.ndarray | None:
+        """(n,) bool mask of items passing the category filters; None when there are none."""
+        if not include and not exclude:
+            return None
+        n = len(self.catalog)
+        none = np.zeros(n, dtype=bool)
+        mask = np.ones(n, dtype=bool)
+        if include:
+            mask = np.zeros(n, dtype=bool)
+            for c in include:
+                mask |= self.categories.get(c.lower(), none)
+        for c in exclude:
+            mask &= ~self.categories.get(c.lower(), none)
+        return mask
 
     @property
     def name(self) -> str:
@@ -98,8 +114,19 @@ class LoadedModel:
             bool(llm),
             time.perf_counter() - t,
         )
+        categories: dict[str, np.ndarray] = {}
+        for i, it in enumerate(catalog):
+            for c in it.categories:
+                categories.setdefault(c.lower(), np.zeros(len(catalog), dtype=bool))[i] = True
         return LoadedModel(
-            mv, catalog, {it.item_id: i for i, it in enumerate(catalog)}, ranker, llm, llm_cfg, checker
+            mv,
+            catalog,
+            {it.item_id: i for i, it in enumerate(catalog)},
+            ranker,
+            llm,
+            llm_cfg,
+            checker,
+            categories,
         )
 
     def warmup(self) -> None:

@@ -34,6 +34,7 @@ class RankJob:
     exclude_rows: np.ndarray  # (E,) int64
     k: int
     include_seen: bool = False
+    allowed: np.ndarray | None = None  # (n,) bool: category filter; None = every item
 
 
 @dataclass
@@ -56,6 +57,8 @@ class Ranker:
 
     def __post_init__(self) -> None:
         self.pop_order = np.argsort(-self.popularity, kind="stable")
+        norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
+        self.unit = (self.factors / np.maximum(norms, 1e-12)).astype(np.float32)  # for cosine
         top = max(float(self.popularity.max(initial=0.0)), 1.0)
         self.pop_score = (self.popularity / top).astype(np.float32)
 
@@ -74,8 +77,32 @@ class Ranker:
                 results[i] = r
         return [r for r in results if r is not None]
 
+    def _exact_allowed(self, user: np.ndarray, allowed: np.ndarray, banned: np.ndarray, c: int) -> np.ndarray:
+        """Top-c rows among allowed items by exact inner product.
+
+        A category filter can reject most of what the index returns, so
+        filtered requests are scored exactly: O(items · d) for that request.
+        """
+        scores = self.factors @ user  # (n,)
+        scores = np.where(allowed, scores, -np.inf)
+        scores[banned] = -np.inf
+        n_ok = int(np.isfinite(scores).sum())
+        if n_ok == 0:
+            return np.zeros(0, dtype=np.int64)
+        top = np.argpartition(-scores, min(c, n_ok) - 1)[: min(c, n_ok)]
+        return top[np.argsort(-scores[top], kind="stable")].astype(np.int64)
+
+    def similar(self, row: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k items with the highest cosine to `row` (itself excluded)."""
+        sims = self.unit @ self.unit[row]  # (n,)
+        sims[row] = -np.inf
+        k = min(k, self.n_items - 1)
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top], kind="stable")]
+        return top.astype(np.int64), sims[top].astype(np.float32)
+
     def _cold(self, job: RankJob, batch: int) -> RankResult:
-        banned = np.zeros(self.n_items, dtype=bool)
+        banned = np.zeros(self.n_items, dtype=bool) if job.allowed is None else ~job.allowed
         banned[job.exclude_rows] = True
         rows = self.pop_order[~banned[self.pop_order]][: job.k]
         return RankResult(rows.astype(np.int64), self.pop_score[rows], batch, cold_start=True)
@@ -94,8 +121,11 @@ class Ranker:
         c = max(RERANK_MIN, max(j.k for j in jobs))
         picked = np.full((len(jobs), c), -1, dtype=np.int64)
         for b, j in enumerate(jobs):
-            row = cand[b]
             banned = j.exclude_rows if j.include_seen else np.concatenate([j.exclude_rows, j.history_rows])
+            if j.allowed is not None:
+                row = self._exact_allowed(users[b], j.allowed, banned, c)
+            else:
+                row = cand[b]
             keep = row[(row >= 0) & ~np.isin(row, banned)][:c]
             picked[b, : keep.size] = keep
         valid = picked >= 0

@@ -71,6 +71,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             exclude_rows=self._rows(list(request.exclude_item_ids)),
             k=request.k,
             include_seen=request.include_seen,
+            allowed=self.model.allowed_by_categories(
+                list(request.include_categories), list(request.exclude_categories)
+            ),
         )
 
     async def Rank(
@@ -157,6 +160,26 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     yield worker_pb2.GenerateResponse(text=ev.text)
         except GenQueueFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+
+    async def Similar(
+        self, request: worker_pb2.SimilarRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.SimilarResponse:
+        m = self.model
+        if not 1 <= request.k <= MAX_K:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
+        row = m.item_index.get(request.item_id)
+        if row is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"item_id {request.item_id!r} is not in the catalog"
+            )
+        rows, sims = m.ranker.similar(row, request.k)
+        return worker_pb2.SimilarResponse(
+            items=[
+                worker_pb2.RankedItem(item_id=m.catalog[r].item_id, title=m.catalog[r].title, score=float(s))
+                for r, s in zip(rows.tolist(), sims.tolist(), strict=True)
+            ],
+            model_version=m.name,
+        )
 
     async def Stats(
         self, request: worker_pb2.StatsRequest, context: grpc.aio.ServicerContext

@@ -218,3 +218,26 @@ def test_killed_worker_is_survived_and_restarted(model_root: Path, tmp_path: Pat
             assert len(now) == 2 and victim not in now
     finally:
         assert gw.stop(signal.SIGTERM) == 0
+
+
+def test_similar_items(stub) -> None:
+    r = stub.SimilarItems(pb.SimilarItemsRequest(item_id="172", k=5), timeout=10)  # Empire Strikes Back
+    got = ids(r)
+    assert len(got) == 5 and "172" not in got and r.model_version
+    assert [i.score for i in r.items] == sorted((i.score for i in r.items), reverse=True)
+    with pytest.raises(grpc.RpcError) as e:
+        stub.SimilarItems(pb.SimilarItemsRequest(item_id="no-such-item"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_category_filters(stub, model_root: Path) -> None:
+    from recgen.repository import ModelRepository
+
+    cats = {it.item_id: set(it.categories) for it in ModelRepository(model_root).open().catalog()}
+    feedback(stub, "cat-1", "catfan", "50")
+    for user in ("catfan", "cat-cold"):  # warm (fold-in) and cold-start paths
+        only = stub.Recommend(pb.RecommendRequest(user_id=user, k=10, include_categories=["Horror"]))
+        assert len(only.items) == 10 and all("Horror" in cats[i] for i in ids(only))
+        no = stub.Recommend(pb.RecommendRequest(user_id=user, k=10, exclude_categories=["Drama", "Comedy"]))
+        assert len(no.items) == 10
+        assert all(not ({"Drama", "Comedy"} & cats[i]) for i in ids(no))
