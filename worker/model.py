@@ -141,7 +141,7 @@ class LoadedModel:
             ]
         )
         assert len(res) == 2 and res[1].rows.size > 0, "warm-up ranking returned nothing"
-        if self.llm is not None:
+        if self.llm is not None and self.llm_cfg is not None:
             self.llm.start()
             self.llm.generate_alone(
                 self.llm_cfg.get("prompt_prefix", "") + "Hello" + self.llm_cfg.get("prompt_suffix", ""),

@@ -107,10 +107,12 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
         m = self.model
         self.metrics.inc("generate_requests")
-        if m.llm is None:
+        llm, checker = m.llm, m.checker
+        if llm is None or checker is None:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"model version {m.name} has no language model"
             )
+        assert llm is not None and checker is not None  # abort raised otherwise
         recs = self._rows(list(request.recommended_item_ids))[:SHOW_RECOMMENDED]
         hist = self._rows(list(request.history_item_ids))[:SHOW_HISTORY]
         if recs.size == 0:
@@ -122,7 +124,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         prompt = build_prompt(m.llm_cfg, message, RESPONSE_PRIMER)
         allowed = set(hist.tolist()) | set(recs.tolist())
         max_new = request.max_new_tokens or self.cfg.max_new_tokens
-        max_new = min(max_new, 4 * self.cfg.max_new_tokens, m.llm.room_for(prompt))
+        max_new = min(max_new, 4 * self.cfg.max_new_tokens, llm.room_for(prompt))
         if max_new < 1:
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, "the prompt alone fills the language model's context"
@@ -131,8 +133,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         t_first: float | None = None
         try:
             async for ev in generate_grounded(
-                m.llm,
-                m.checker,
+                llm,
+                checker,
                 prompt,
                 allowed,
                 primer=RESPONSE_PRIMER,
@@ -172,6 +174,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"item_id {request.item_id!r} is not in the catalog"
             )
+        assert row is not None  # abort raised otherwise
         rows, sims = m.ranker.similar(row, request.k)
         return worker_pb2.SimilarResponse(
             items=[
