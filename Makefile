@@ -11,7 +11,7 @@ PORT ?= 50051
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install proto data export serve test lint typecheck clean loadtest
+.PHONY: install proto data export serve test lint typecheck clean loadtest eval
 
 # The virtual environment, with the serving, export and dev dependencies.
 # torch first: `torch==2.13.0` resolves to the CPU build on local disk.
@@ -73,6 +73,13 @@ loadtest: install data $(MODELS)/.exported
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
 	$(PY) -m bench.loadtest --target 127.0.0.1:$(LOADTEST_PORT) --wait-ready 600 --echo $(LOADTEST_ARGS) \
 		--json docs/loadtest.json --plot docs/loadtest.png
+
+# Replay evaluation (docs/eval.md): train on the past of MovieLens-100K, replay the
+# future through a real `recgen serve` (static vs real-time feedback vs popularity);
+# writes docs/eval.json and docs/eval.png. Loopback only. EVAL_ARGS=--quick: 2,000 events.
+EVAL_ARGS ?=
+eval: install data
+	$(PY) -m bench.replay_eval $(EVAL_ARGS) --out docs/eval.json --plot docs/eval.png
 
 lint: install
 	$(VENV)/bin/ruff check .
