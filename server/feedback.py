@@ -9,7 +9,8 @@
 | DISMISS  | the item never comes back for this user; no weight           |
 
 Weights decay with the event's age at request time, half-life 90 days, so
-recent events weigh more. Events of the same item add up. Only the newest
+recent events weigh more; the decay factor never goes below 1e-3, so an old
+event fades but is never dropped. Events of the same item add up. Only the newest
 HISTORY_CAP events are read per request: one user cannot make requests
 expensive. The worker turns weights into fold-in confidences c = 1 + α·w,
 the same form as training. Pure functions: no I/O here.
@@ -23,6 +24,7 @@ from server.state import Event
 
 HISTORY_CAP = 200
 HALF_LIFE_DAYS = 90.0
+DECAY_FLOOR = 1e-3  # an old event fades but never vanishes (it still says what the user chose)
 TYPE_WEIGHTS = {"VIEW": 0.25, "CLICK": 1.0, "PURCHASE": 3.0}
 POSITIVE_TYPES = ("VIEW", "CLICK", "PURCHASE", "RATE")
 
@@ -49,5 +51,5 @@ def history_weights(events: list[Event], now: float, sem: Semantics | None = Non
         if w <= 0:
             continue
         age = max(0.0, now - ev.ts)
-        out[ev.item_id] = out.get(ev.item_id, 0.0) + w * 0.5 ** (age / half_life)
+        out[ev.item_id] = out.get(ev.item_id, 0.0) + w * max(0.5 ** (age / half_life), DECAY_FLOOR)
     return list(out.items())  # dicts keep first-insertion order: newest first

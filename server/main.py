@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
 from server.auth import AuthInterceptor, load_tokens, server_credentials
+from server.errors import DecodeErrors
 from server.metrics import GatewayMetrics
 from server.metrics import render as render_metrics
 from server.metrics_http import start_metrics_server
@@ -75,7 +76,12 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
         user_ids=UserIdPolicy(raw=args.log_user_ids, salt=args.log_salt),
         feedback_limiter=RateLimiter(args.feedback_rate, args.feedback_burst),
     )
-    interceptors = [AuthInterceptor(load_tokens(args.auth_tokens))] if args.auth_tokens else []
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [AuthInterceptor(load_tokens(args.auth_tokens))] if args.auth_tokens else []
+    )
+    # After auth: a caller without a token gets UNAUTHENTICATED and its bytes are
+    # never parsed; undecodable requests get INVALID_ARGUMENT, not UNKNOWN.
+    interceptors.append(DecodeErrors())
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

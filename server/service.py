@@ -132,7 +132,10 @@ class RecommenderService(pbg.RecommenderServicer):
     async def _prepare(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> Prepared:
         req = recommendation_from_pb(request)
         events, dismissed = await self.store.user_state(req.user_id, self.semantics.history_cap)
-        now = req.context.time or time.time()
+        # The request's own time drives decay (replays use event time), but never
+        # more than a day past the server's clock: a far-future local_time must
+        # not decay every event to nothing.
+        now = min(req.context.time or time.time(), time.time() + 86400.0)
         remaining = context.time_remaining()
         return Prepared(
             req=req,
@@ -256,6 +259,8 @@ class RecommenderService(pbg.RecommenderServicer):
                         text += piece.text
                         final = piece
                     self._finish(resp, text, final)
+                elif p.req.explain:  # a filter left nothing to present: say so
+                    self._finish(resp, "", wpb.GenerateResponse(finished=True, reason="no items to present"))
                 self._log_request("Recommend", p, t0, t_rank, resp)
                 return resp
         raise AssertionError("unreachable")  # map_errors aborts
@@ -272,7 +277,7 @@ class RecommenderService(pbg.RecommenderServicer):
                 first = self._response(p, ranked)
                 self._log(p, ranked)
                 yield pb.StreamRecommendResponse(items=first)
-                text, final = "", wpb.GenerateResponse()
+                text, final = "", wpb.GenerateResponse(finished=True, reason="no items to present")
                 if ranked.items:
                     async for piece in self._text(p, [i.item_id for i in ranked.items]):
                         if piece.text:

@@ -39,6 +39,10 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# A restarted worker's old channel: how long its in-flight calls get to fail by themselves.
+CLOSE_GRACE_S = 2.0
+
+
 class NoWorkerAvailable(Exception):
     """No healthy worker can take the request."""
 
@@ -74,9 +78,9 @@ class Worker:
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
-    async def close_channel(self) -> None:
+    async def close_channel(self, grace: float | None = None) -> None:
         if self.channel is not None:
-            await self.channel.close()
+            await self.channel.close(grace)
             self.channel = None
 
 
@@ -155,7 +159,11 @@ class WorkerPool:
         if w.proc is not None and w.proc.poll() is None:
             w.proc.kill()  # hung: SIGKILL works even on a SIGSTOPped process
             await asyncio.get_running_loop().run_in_executor(None, w.proc.wait)
-        await w.close_channel()
+        # Calls still in flight on the dead process fail with UNAVAILABLE once the
+        # transport sees its socket close, and Rank retries them elsewhere. Closing
+        # without a grace would cancel them instead, and a cancelled upstream call
+        # leaves the caller's RPC without any status until its deadline.
+        await w.close_channel(grace=CLOSE_GRACE_S)
         w.restarts += 1
         self._spawn(w)
         w.connect()
