@@ -118,42 +118,7 @@ class StateStore:
 
     def add_event_sync(self, ev: Event) -> bool:
         """True if stored now, False if this exact event was stored before."""
-        digest = ev.payload_hash()
-        c = self._writer
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                row = c.execute("SELECT payload_hash FROM events WHERE event_id=?", (ev.event_id,)).fetchone()
-                if row is not None:
-                    c.execute("ROLLBACK")
-                    if row[0] != digest:
-                        raise Conflict(f"event_id {ev.event_id!r} was stored with another payload")
-                    return False
-                c.execute(
-                    "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
-                    " received_at, payload_hash) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (
-                        ev.event_id,
-                        ev.user_id,
-                        ev.item_id,
-                        ev.type,
-                        ev.value,
-                        ev.ts,
-                        ev.request_id,
-                        time.time(),
-                        digest,
-                    ),
-                )
-                c.execute("COMMIT")  # synchronous=FULL: returns after the WAL is fsync'ed
-                return True
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
-        except sqlite3.OperationalError as e:  # disk full, read-only, I/O error, locked
-            raise StoreUnavailable(f"state store cannot write: {e}") from e
-        except sqlite3.DatabaseError as e:
-            raise StoreUnavailable(f"state store error: {e}") from e
+        return self.add_events_bulk_sync([ev]) == 1
 
     def forget_user_sync(self, user_id: str) -> tuple[int, int]:
         """Delete the user's events and impressions in one durable transaction."""
