@@ -11,7 +11,7 @@ PORT ?= 50051
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install proto data export serve test lint typecheck clean loadtest eval
+.PHONY: install proto data export serve test lint typecheck clean loadtest eval chaos
 
 # The virtual environment, with the serving, export and dev dependencies.
 # torch first: `torch==2.13.0` resolves to the CPU build on local disk.
@@ -80,6 +80,13 @@ loadtest: install data $(MODELS)/.exported
 EVAL_ARGS ?=
 eval: install data
 	$(PY) -m bench.replay_eval $(EVAL_ARGS) --out docs/eval.json --plot docs/eval.png
+
+# Chaos: SIGKILL/SIGSTOP a worker under load, deadlines, 5x overload, SIGKILL the gateway during
+# concurrent feedback; real `recgen serve` on 127.0.0.1, bounded (~2.5 min; CHAOS_ARGS=--quick).
+# Prints what was survived and lost; writes docs/chaos.json. See docs/operating.md.
+CHAOS_ARGS ?=
+chaos: install data $(MODELS)/.exported
+	$(PY) -m bench.chaos --models $(MODELS) --json docs/chaos.json $(CHAOS_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

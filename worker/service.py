@@ -191,9 +191,13 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         counters = dict(m.counters)
         llm = self.model.llm
         if llm is not None:
-            for k, v in dataclasses.asdict(llm.stats()).items():
+            stats = llm.stats()
+            for k, v in dataclasses.asdict(stats).items():
                 if isinstance(v, int | float):
                     counters[f"llm_{k}"] = float(v)
+            # Generations by how they ended (eos, length, deadline, cancelled, error).
+            for reason, n in stats.finished.items():
+                counters[f"llm_finished_{reason}"] = float(n)
         return worker_pb2.StatsResponse(
             model_version=self.model.name,
             queue_depth=self.rank_batcher.depth,
