@@ -196,6 +196,11 @@ def test_killed_worker_is_survived_and_restarted(model_root: Path, tmp_path: Pat
         assert gw.proc is not None
         workers = _children(gw.proc.pid)
         assert len(workers) == 2
+        for pid in workers:  # worker sockets: 0600 in a 0700 directory of this user
+            argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            sock = Path(argv[argv.index("--listen") + 1].removeprefix("unix:"))
+            assert sock.stat().st_mode & 0o777 == 0o600
+            assert sock.parent.stat().st_mode & 0o777 == 0o700
         victim = min(workers)
         with grpc.insecure_channel(gw.target) as ch:
             s = pbg.RecommenderStub(ch)
