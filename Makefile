@@ -11,7 +11,7 @@ PORT ?= 50051
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install proto data export serve test lint typecheck clean loadtest eval chaos
+.PHONY: install proto data export serve test lint typecheck clean loadtest eval chaos bench
 
 # The virtual environment, with the serving, export and dev dependencies.
 # torch first: `torch==2.13.0` resolves to the CPU build on local disk.
@@ -87,6 +87,13 @@ eval: install data
 CHAOS_ARGS ?=
 chaos: install data $(MODELS)/.exported
 	$(PY) -m bench.chaos --models $(MODELS) --json docs/chaos.json $(CHAOS_ARGS)
+
+# Benchmarks against same-run baselines (docs/bench.md): generation vs PyTorch
+# generate and serial ONNX, Recommend vs an echo server, retrieval at 100K/1M,
+# memory. ~30 min; BENCH_ARGS=--quick for a few minutes.
+BENCH_ARGS ?=
+bench: install data $(MODELS)/.exported
+	$(PY) -m bench.bench --models $(MODELS) --out docs/bench.json --plot docs/bench.png $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
