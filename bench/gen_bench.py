@@ -446,11 +446,13 @@ def run_torch(
     torch.set_num_interop_threads(1)
     t = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     model.eval()
     load_s = time.perf_counter() - t
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    gen_kw = dict(max_new_tokens=max_new, do_sample=False, eos_token_id=eos_ids, pad_token_id=pad_id)
+    gen_kw: dict[str, Any] = dict(
+        max_new_tokens=max_new, do_sample=False, eos_token_id=eos_ids, pad_token_id=pad_id
+    )
 
     def one(p: str) -> list[int]:
         enc = tok(p, return_tensors="pt", add_special_tokens=False)

@@ -82,11 +82,11 @@ def _capture_hnsw() -> Iterator[list[faiss.Index]]:
         built.append(idx)
         return idx
 
-    faiss.IndexHNSWFlat = make
+    faiss.IndexHNSWFlat = make  # type: ignore[misc,assignment]
     try:
         yield built
     finally:
-        faiss.IndexHNSWFlat = original
+        faiss.IndexHNSWFlat = original  # type: ignore[misc]
 
 
 def hnsw_curve(
@@ -102,7 +102,7 @@ def hnsw_curve(
     out = []
     single = q_l2[: min(100, len(q_l2))]
     for ef in (64, 128, 256, 512, 1024, 2048, 4096):
-        index.hnsw.efSearch = ef
+        index.hnsw.efSearch = ef  # type: ignore[attr-defined]
         faiss.omp_set_num_threads(threads)
         rec = recall_at(_search_all(index, q_l2, k, BATCH), truth)
         qps_b = queries_per_s(index, q_l2, k, batch=BATCH, threads=threads, min_time=min_time)
