@@ -90,7 +90,7 @@ chaos: install data $(MODELS)/.exported
 
 # Benchmarks against same-run baselines (docs/bench.md): generation vs PyTorch
 # generate and serial ONNX, Recommend vs an echo server, retrieval at 100K/1M,
-# memory. ~30 min; BENCH_ARGS=--quick for a few minutes.
+# memory. ~12 min on 2 quiet cores (up to ~18 under load); BENCH_ARGS=--quick: ~4 min.
 BENCH_ARGS ?=
 bench: install data $(MODELS)/.exported
 	$(PY) -m bench.bench --models $(MODELS) --out docs/bench.json --plot docs/bench.png $(BENCH_ARGS)
