@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,10 @@ class WorkerPool:
         ] + [Worker(f"remote-{i}", a, local=False) for i, a in enumerate(remote or [])]
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
+        # Awaited before a worker enters rotation (at start, after a restart, after
+        # failed checks): the gateway brings its catalog up to date there. Raising
+        # keeps the worker out of rotation until the next try.
+        self.on_ready: Callable[[Worker], Awaitable[None]] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -142,12 +147,22 @@ class WorkerPool:
         except grpc.aio.AioRpcError:
             return False
 
+    async def _admit(self, w: Worker) -> bool:
+        """Run the on_ready hook, then put the worker in rotation; False if the hook failed."""
+        if self.on_ready is not None:
+            try:
+                await self.on_ready(w)
+            except Exception as e:  # noqa: BLE001 - any failure keeps it out; logged, retried
+                LOG.warning("worker %s not admitted: %s", w.name, e)
+                return False
+        w.healthy = True
+        return True
+
     async def _wait_ready(self, w: Worker, deadline: float) -> None:
         while time.monotonic() < deadline:
             if w.local and w.proc is not None and w.proc.poll() is not None:
                 raise RuntimeError(f"worker {w.name} exited with {w.proc.returncode} while starting")
-            if await self._check(w):
-                w.healthy = True
+            if await self._check(w) and await self._admit(w):
                 w.failed_checks = 0
                 LOG.info("worker %s ready", w.name)
                 return
@@ -193,8 +208,9 @@ class WorkerPool:
                         )
                     w.healthy = False
                 elif await self._check(w, timeout=1.0):
-                    w.healthy, w.failed_checks = True, 0
-                    continue
+                    if w.healthy or await self._admit(w):
+                        w.failed_checks = 0
+                        continue
                 else:
                     w.failed_checks += 1
                     if w.failed_checks >= 2 and w.healthy:
