@@ -50,6 +50,15 @@ CREATE TABLE IF NOT EXISTS impressions (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
+CREATE TABLE IF NOT EXISTS catalog_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- the order workers apply them in
+    op TEXT NOT NULL,            -- UPSERT | DELETE
+    item_id TEXT NOT NULL,
+    title TEXT NOT NULL DEFAULT '',
+    text TEXT NOT NULL DEFAULT '',
+    categories TEXT NOT NULL DEFAULT '[]',  -- JSON list
+    ts REAL NOT NULL
+);
 """
 
 
@@ -76,6 +85,23 @@ class Event:
         # without one would differ in ts: the hash covers what the caller sent.
         raw = json.dumps([self.user_id, self.item_id, self.type, self.value, self.request_id])
         return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """One change to the live catalog, on top of the serving model version's catalog.
+
+    The log is append-only: an item's current state is its last change. `seq` is
+    assigned by the store; workers apply changes in seq order and remember the
+    last one applied, so a change is applied once however often it is sent."""
+
+    op: str  # UPSERT | DELETE
+    item_id: str
+    title: str = ""
+    text: str = ""
+    categories: tuple[str, ...] = ()
+    seq: int = 0
+    ts: float = 0.0
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -246,7 +272,66 @@ class StateStore:
         )
         return [(r[0], json.loads(r[1]), r[2]) for r in rows]
 
+    def add_catalog_changes_sync(self, changes: list[CatalogChange]) -> int:
+        """Append changes in one durable transaction; returns the last seq assigned."""
+        c = self._writer
+        now = time.time()
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                last = 0
+                for ch in changes:
+                    cur = c.execute(
+                        "INSERT INTO catalog_changes (op, item_id, title, text, categories, ts)"
+                        " VALUES (?,?,?,?,?,?)",
+                        (ch.op, ch.item_id, ch.title, ch.text, json.dumps(list(ch.categories)), now),
+                    )
+                    last = int(cur.lastrowid or 0)
+                c.execute("COMMIT")
+                return last
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"state store cannot write: {e}") from e
+
+    def catalog_changes_sync(self, after_seq: int = 0) -> list[CatalogChange]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT op, item_id, title, text, categories, seq, ts FROM catalog_changes"
+                " WHERE seq > ? ORDER BY seq",
+                (after_seq,),
+            )
+            .fetchall()
+        )
+        return [CatalogChange(r[0], r[1], r[2], r[3], tuple(json.loads(r[4])), r[5], r[6]) for r in rows]
+
+    def catalog_seq_sync(self) -> int:
+        return int(self._reader().execute("SELECT COALESCE(MAX(seq), 0) FROM catalog_changes").fetchone()[0])
+
+    def all_events_sync(self) -> list[Event]:
+        """Every stored event in arrival order (for `recgen export --feedback`)."""
+        rows = self._reader().execute(
+            "SELECT event_id, user_id, item_id, type, value, ts, request_id FROM events ORDER BY seq"
+        )
+        return [Event(*r) for r in rows]
+
     # ------------------------------------------------------------------ async API
+
+    async def add_catalog_changes(self, changes: list[CatalogChange]) -> int:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._write_pool, self.add_catalog_changes_sync, changes
+        )
+
+    async def catalog_changes(self, after_seq: int = 0) -> list[CatalogChange]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_pool, self.catalog_changes_sync, after_seq
+        )
+
+    async def catalog_seq(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, self.catalog_seq_sync)
 
     async def add_event(self, ev: Event) -> bool:
         return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.add_event_sync, ev)
