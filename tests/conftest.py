@@ -47,3 +47,19 @@ def model_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> Pa
     )
     export_version(load_movielens100k(wheels_dir), root, opts)
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server (tests/pg.py) for the whole session; skipped
+    where the PostgreSQL binaries are not installed."""
+    from tests.pg import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not found: apt-get install postgresql")
+    server = PostgresServer(bindir)
+    try:
+        yield server.init().start()
+    finally:
+        server.cleanup()

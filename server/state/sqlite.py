@@ -1,32 +1,35 @@
-"""The gateway's state store: feedback log, impressions, user histories (SQLite).
+"""The embedded state store backend: one SQLite file in WAL mode (the default).
 
-Durability contract: `add_event` returns only after the event's transaction
-has committed with `synchronous=FULL` in WAL mode, i.e. after the WAL has been
-fsync'ed; an acknowledged event survives a crash of the process or of the
-OS. All writes go through one writer thread (SQLite allows one writer at a
-time anyway); reads use their own connections and never block on it (WAL).
-
-Idempotency: `event_id` is the primary key. The same id with the same
-payload is a no-op (stored=False); with another payload it is a Conflict.
-This module knows nothing of gRPC or of feedback weights.
+Durability: a write returns only after its transaction has committed with
+`synchronous=FULL` in WAL mode, i.e. after the WAL has been fsync'ed; an
+acknowledged event survives a crash of the process or of the OS. All writes
+go through one writer connection on the writer thread (SQLite allows one
+writer at a time anyway); reads use per-thread connections and never block
+on it (WAL). One file serves one gateway host: several gateways share state
+through the PostgreSQL backend instead.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+
+from server.state.base import (
+    SCHEMA_VERSION,
+    CatalogChange,
+    Conflict,
+    Event,
+    ImpressionRow,
+    StateStore,
+    StoreUnavailable,
+)
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
@@ -62,48 +65,6 @@ CREATE TABLE IF NOT EXISTS catalog_changes (
 """
 
 
-class Conflict(Exception):
-    """The event_id exists with a different payload."""
-
-
-class StoreUnavailable(Exception):
-    """The store cannot take writes (disk full, read-only, I/O error)."""
-
-
-@dataclass(frozen=True)
-class Event:
-    event_id: str
-    user_id: str
-    item_id: str
-    type: str  # VIEW | CLICK | PURCHASE | RATE | DISMISS
-    value: float | None
-    ts: float
-    request_id: str = ""
-
-    def payload_hash(self) -> str:
-        # The server's clock fills a missing timestamp, so a retry of an event
-        # without one would differ in ts: the hash covers what the caller sent.
-        raw = json.dumps([self.user_id, self.item_id, self.type, self.value, self.request_id])
-        return hashlib.sha256(raw.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class CatalogChange:
-    """One change to the live catalog, on top of the serving model version's catalog.
-
-    The log is append-only: an item's current state is its last change. `seq` is
-    assigned by the store; workers apply changes in seq order and remember the
-    last one applied, so a change is applied once however often it is sent."""
-
-    op: str  # UPSERT | DELETE
-    item_id: str
-    title: str = ""
-    text: str = ""
-    categories: tuple[str, ...] = ()
-    seq: int = 0
-    ts: float = 0.0
-
-
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -113,7 +74,7 @@ def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-class StateStore:
+class SQLiteStore(StateStore):
     def __init__(self, path: Path | str, synchronous: str = "FULL") -> None:
         assert synchronous in ("FULL", "NORMAL", "EXTRA"), synchronous
         self.path = Path(path)
@@ -124,12 +85,8 @@ class StateStore:
         self._writer.execute(
             "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
         )
-        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
-        self._read_pool = ThreadPoolExecutor(4, thread_name_prefix="state-reader")
         self._local = threading.local()
-        self._impressions: list[tuple[str, str, str, str, float]] = []
-
-    # ------------------------------------------------------------------ sync API
+        self._start_executors()
 
     def pragma(self, name: str) -> str:
         return str(self._reader().execute(f"PRAGMA {name}").fetchone()[0])
@@ -142,13 +99,9 @@ class StateStore:
             self._local.conn = conn
         return conn
 
-    def add_event_sync(self, ev: Event) -> bool:
-        """True if stored now, False if this exact event was stored before."""
-        return self.add_events_bulk_sync([ev]) == 1
+    # ------------------------------------------------------------------ writes
 
-    def forget_user_sync(self, user_id: str) -> tuple[int, int]:
-        """Delete the user's events and impressions in one durable transaction."""
-        self.flush_impressions_sync()  # queued impressions of this user too
+    def _delete_user(self, user_id: str) -> tuple[int, int]:
         c = self._writer
         try:
             c.execute("BEGIN IMMEDIATE")
@@ -160,11 +113,6 @@ class StateStore:
                 c.execute("ROLLBACK")
             raise StoreUnavailable(f"state store cannot delete: {e}") from e
         return events, impressions
-
-    async def forget_user(self, user_id: str) -> tuple[int, int]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._write_pool, self.forget_user_sync, user_id
-        )
 
     def add_events_bulk_sync(self, events: list[Event]) -> int:
         """Many events in one transaction (one fsync); returns how many were stored now.
@@ -216,15 +164,7 @@ class StateStore:
         except sqlite3.DatabaseError as e:
             raise StoreUnavailable(f"state store error: {e}") from e
 
-    def queue_impression(self, request_id: str, user_id: str, items: list[str], model_version: str) -> None:
-        """Impressions are written in groups by `flush_impressions`: one fsync per
-        group instead of one per answer, off the request path."""
-        self._impressions.append((request_id, user_id, json.dumps(items), model_version, time.time()))
-
-    def flush_impressions_sync(self) -> int:
-        rows, self._impressions = self._impressions, []
-        if not rows:
-            return 0
+    def _write_impressions(self, rows: list[ImpressionRow]) -> int:
         c = self._writer
         try:
             c.execute("BEGIN IMMEDIATE")
@@ -237,8 +177,33 @@ class StateStore:
             return 0
         return len(rows)
 
+    def add_catalog_changes_sync(self, changes: list[CatalogChange]) -> int:
+        # One writer, and AUTOINCREMENT inside BEGIN IMMEDIATE: seqs commit in order.
+        c = self._writer
+        now = time.time()
+        try:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                last = 0
+                for ch in changes:
+                    cur = c.execute(
+                        "INSERT INTO catalog_changes (op, item_id, title, text, categories, ts)"
+                        " VALUES (?,?,?,?,?,?)",
+                        (ch.op, ch.item_id, ch.title, ch.text, json.dumps(list(ch.categories)), now),
+                    )
+                    last = int(cur.lastrowid or 0)
+                c.execute("COMMIT")
+                return last
+            except BaseException:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"state store cannot write: {e}") from e
+
+    # ------------------------------------------------------------------ reads
+
     def recent_events_sync(self, user_id: str, limit: int) -> list[Event]:
-        """The user's newest events first (by event time, then arrival)."""
         rows = (
             self._reader()
             .execute(
@@ -272,30 +237,6 @@ class StateStore:
         )
         return [(r[0], json.loads(r[1]), r[2]) for r in rows]
 
-    def add_catalog_changes_sync(self, changes: list[CatalogChange]) -> int:
-        """Append changes in one durable transaction; returns the last seq assigned."""
-        c = self._writer
-        now = time.time()
-        try:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                last = 0
-                for ch in changes:
-                    cur = c.execute(
-                        "INSERT INTO catalog_changes (op, item_id, title, text, categories, ts)"
-                        " VALUES (?,?,?,?,?,?)",
-                        (ch.op, ch.item_id, ch.title, ch.text, json.dumps(list(ch.categories)), now),
-                    )
-                    last = int(cur.lastrowid or 0)
-                c.execute("COMMIT")
-                return last
-            except BaseException:
-                if c.in_transaction:
-                    c.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as e:
-            raise StoreUnavailable(f"state store cannot write: {e}") from e
-
     def catalog_changes_sync(self, after_seq: int = 0) -> list[CatalogChange]:
         rows = (
             self._reader()
@@ -312,41 +253,10 @@ class StateStore:
         return int(self._reader().execute("SELECT COALESCE(MAX(seq), 0) FROM catalog_changes").fetchone()[0])
 
     def all_events_sync(self) -> list[Event]:
-        """Every stored event in arrival order (for `recgen export --feedback`)."""
         rows = self._reader().execute(
             "SELECT event_id, user_id, item_id, type, value, ts, request_id FROM events ORDER BY seq"
         )
         return [Event(*r) for r in rows]
 
-    # ------------------------------------------------------------------ async API
-
-    async def add_catalog_changes(self, changes: list[CatalogChange]) -> int:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._write_pool, self.add_catalog_changes_sync, changes
-        )
-
-    async def catalog_changes(self, after_seq: int = 0) -> list[CatalogChange]:
-        return await asyncio.get_running_loop().run_in_executor(
-            self._read_pool, self.catalog_changes_sync, after_seq
-        )
-
-    async def catalog_seq(self) -> int:
-        return await asyncio.get_running_loop().run_in_executor(self._read_pool, self.catalog_seq_sync)
-
-    async def add_event(self, ev: Event) -> bool:
-        return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.add_event_sync, ev)
-
-    async def flush_impressions(self) -> int:
-        return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.flush_impressions_sync)
-
-    async def user_state(self, user_id: str, limit: int) -> tuple[list[Event], list[str]]:
-        def read() -> tuple[list[Event], list[str]]:
-            return self.recent_events_sync(user_id, limit), self.dismissed_sync(user_id)
-
-        return await asyncio.get_running_loop().run_in_executor(self._read_pool, read)
-
-    def close(self) -> None:
-        self._write_pool.submit(self.flush_impressions_sync).result()
-        self._write_pool.shutdown(wait=True)
-        self._read_pool.shutdown(wait=True)
+    def _close_connections(self) -> None:
         self._writer.close()

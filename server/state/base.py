@@ -1,0 +1,231 @@
+"""The state store's contract: what every backend (SQLite, PostgreSQL) must do.
+
+The gateway keeps three things here: the feedback log (events), impressions
+(what each answer showed) and the live catalog's change log. A backend
+implements the synchronous methods; the asynchronous API the servicer awaits
+is the same for all of them: writes run on one writer thread, in the order
+they were asked for, reads on a small pool, so the event loop never blocks on
+the store.
+
+The contract, which tests/unit/test_state.py checks on every backend:
+
+- Durability: `add_event` (and every write that returns) returns only after
+  its transaction has committed durably as the backend defines it (SQLite:
+  WAL fsync'ed, `synchronous=FULL`; PostgreSQL: COMMIT answered with
+  `synchronous_commit=on`, i.e. the WAL is flushed on the server). An
+  acknowledged event survives a crash of the gateway.
+- Idempotency: `event_id` is unique. The same id with the same payload is a
+  no-op (stored=False); with another payload it is a `Conflict`. Two gateways
+  racing on one event_id get exactly one stored=True.
+- Visibility: a committed write is seen by the next read of any store on the
+  same database (two gateways on one PostgreSQL see each other at once).
+- Catalog changes: `seq` only grows, and a reader polling
+  `catalog_changes(after_seq)` never skips a change: a change with a lower seq
+  is committed before one with a higher seq becomes visible.
+- `forget_user` deletes the user's events and impressions in one transaction.
+- Failure: a store that cannot write or cannot be reached raises
+  `StoreUnavailable` (the gateway answers UNAVAILABLE) and never acknowledges;
+  it recovers by itself when the database comes back.
+
+This module knows nothing of gRPC, of feedback weights or of SQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Conflict(Exception):
+    """The event_id exists with a different payload."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take writes or answer reads (disk full, read-only, I/O
+    error, database server unreachable)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    event_id: str
+    user_id: str
+    item_id: str
+    type: str  # VIEW | CLICK | PURCHASE | RATE | DISMISS
+    value: float | None
+    ts: float
+    request_id: str = ""
+
+    def payload_hash(self) -> str:
+        # The server's clock fills a missing timestamp, so a retry of an event
+        # without one would differ in ts: the hash covers what the caller sent.
+        raw = json.dumps([self.user_id, self.item_id, self.type, self.value, self.request_id])
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class CatalogChange:
+    """One change to the live catalog, on top of the serving model version's catalog.
+
+    The log is append-only: an item's current state is its last change. `seq` is
+    assigned by the store; workers apply changes in seq order and remember the
+    last one applied, so a change is applied once however often it is sent."""
+
+    op: str  # UPSERT | DELETE
+    item_id: str
+    title: str = ""
+    text: str = ""
+    categories: tuple[str, ...] = ()
+    seq: int = 0
+    ts: float = 0.0
+
+
+ImpressionRow = tuple[str, str, str, str, float]  # request_id, user_id, items JSON, model_version, created_at
+
+
+def is_postgres_url(location: Path | str) -> bool:
+    return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
+
+
+def backend_for(location: Path | str) -> type[StateStore]:
+    """`postgresql://...` / `postgres://...` → PostgreSQL; anything else is a SQLite file."""
+    if is_postgres_url(location):
+        from server.state.postgres import PostgresStore  # psycopg only when asked for
+
+        return PostgresStore
+    from server.state.sqlite import SQLiteStore
+
+    return SQLiteStore
+
+
+class StateStore:
+    """The interface. `StateStore(location, synchronous=...)` opens the backend the
+    location names (as `pathlib.Path(...)` gives a PosixPath), so callers written
+    for the SQLite-only store keep working; new code calls `open_store`."""
+
+    def __new__(cls, location: Path | str, synchronous: str = "FULL") -> StateStore:
+        chosen = backend_for(location) if cls is StateStore else cls
+        return object.__new__(chosen)
+
+    def _start_executors(self) -> None:
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self._read_pool = ThreadPoolExecutor(4, thread_name_prefix="state-reader")
+        self._impressions: list[ImpressionRow] = []
+
+    # ------------------------------------------------------------ backends implement
+
+    def add_events_bulk_sync(self, events: list[Event]) -> int:
+        """Many events in one durable transaction; returns how many were stored now.
+
+        An event_id already stored with the same payload is skipped; with another
+        payload it is a Conflict and nothing of the batch is stored."""
+        raise NotImplementedError
+
+    def _delete_user(self, user_id: str) -> tuple[int, int]:
+        """Delete the user's (events, impressions) in one durable transaction."""
+        raise NotImplementedError
+
+    def _write_impressions(self, rows: list[ImpressionRow]) -> int:
+        """Insert rows in one transaction, ignoring request_ids already logged.
+        Best effort (never fails an answer): returns 0 and logs when it cannot."""
+        raise NotImplementedError
+
+    def recent_events_sync(self, user_id: str, limit: int) -> list[Event]:
+        """The user's newest non-DISMISS events first (by event time, then arrival)."""
+        raise NotImplementedError
+
+    def dismissed_sync(self, user_id: str) -> list[str]:
+        raise NotImplementedError
+
+    def count_events_sync(self) -> int:
+        raise NotImplementedError
+
+    def event_ids_sync(self) -> list[str]:
+        raise NotImplementedError
+
+    def impressions_sync(self, user_id: str) -> list[tuple[str, list[str], str]]:
+        raise NotImplementedError
+
+    def add_catalog_changes_sync(self, changes: list[CatalogChange]) -> int:
+        """Append changes in one durable transaction; returns the last seq assigned."""
+        raise NotImplementedError
+
+    def catalog_changes_sync(self, after_seq: int = 0) -> list[CatalogChange]:
+        raise NotImplementedError
+
+    def catalog_seq_sync(self) -> int:
+        raise NotImplementedError
+
+    def all_events_sync(self) -> list[Event]:
+        """Every stored event in arrival order (for `recgen export --feedback`)."""
+        raise NotImplementedError
+
+    def _close_connections(self) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared sync API
+
+    def add_event_sync(self, ev: Event) -> bool:
+        """True if stored now, False if this exact event was stored before."""
+        return self.add_events_bulk_sync([ev]) == 1
+
+    def forget_user_sync(self, user_id: str) -> tuple[int, int]:
+        """Delete the user's events and impressions in one durable transaction."""
+        self.flush_impressions_sync()  # queued impressions of this user too
+        return self._delete_user(user_id)
+
+    def queue_impression(self, request_id: str, user_id: str, items: list[str], model_version: str) -> None:
+        """Impressions are written in groups by `flush_impressions`: one commit per
+        group instead of one per answer, off the request path."""
+        self._impressions.append((request_id, user_id, json.dumps(items), model_version, time.time()))
+
+    def flush_impressions_sync(self) -> int:
+        rows, self._impressions = self._impressions, []
+        if not rows:
+            return 0
+        return self._write_impressions(rows)
+
+    # ------------------------------------------------------------------ async API
+
+    async def add_event(self, ev: Event) -> bool:
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.add_event_sync, ev)
+
+    async def forget_user(self, user_id: str) -> tuple[int, int]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._write_pool, self.forget_user_sync, user_id
+        )
+
+    async def flush_impressions(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._write_pool, self.flush_impressions_sync)
+
+    async def user_state(self, user_id: str, limit: int) -> tuple[list[Event], list[str]]:
+        def read() -> tuple[list[Event], list[str]]:
+            return self.recent_events_sync(user_id, limit), self.dismissed_sync(user_id)
+
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, read)
+
+    async def add_catalog_changes(self, changes: list[CatalogChange]) -> int:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._write_pool, self.add_catalog_changes_sync, changes
+        )
+
+    async def catalog_changes(self, after_seq: int = 0) -> list[CatalogChange]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._read_pool, self.catalog_changes_sync, after_seq
+        )
+
+    async def catalog_seq(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(self._read_pool, self.catalog_seq_sync)
+
+    def close(self) -> None:
+        self._write_pool.submit(self.flush_impressions_sync).result()
+        self._write_pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True)
+        self._close_connections()
