@@ -107,3 +107,11 @@ clean: clean-stubs
 
 # Client stubs and example clients in other languages, buf lint / breaking.
 include clients/stubs.mk
+
+# Deployment files, checked offline (docs/deploy.md): every manifest in deploy/k8s/ against the
+# strict Kubernetes 1.32 schemas vendored in deploy/schemas/ (no kind skipped), the Dockerfiles
+# parsed, the serving dependency closure torch-free, the published client retry policy. No Docker
+# engine and no cluster are needed (nor used).
+.PHONY: deploy-validate
+deploy-validate: install
+	$(PY) -m pytest -q tests/unit/test_deploy.py tests/unit/test_service_config.py

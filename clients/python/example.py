@@ -3,7 +3,10 @@
     python clients/python/example.py [--target 127.0.0.1:50051] [--user alice]
 
 Uses the stubs `make proto` generates (importable as recgen.v1 once the
-project is installed: `make install`).
+project is installed: `make install`). The channel carries the published
+retry policy, clients/service_config.json: a call that finds no working
+gateway (UNAVAILABLE: draining, restarting, connection cycled) is retried
+with backoff, transparently; see clients/README.md.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from pathlib import Path
 
 import grpc
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
+
+SERVICE_CONFIG = Path(__file__).resolve().parent.parent / "service_config.json"
 
 
 def main() -> int:
@@ -24,7 +30,8 @@ def main() -> int:
     ap.add_argument("--user", default="alice")
     args = ap.parse_args()
 
-    with grpc.insecure_channel(args.target) as channel:
+    options = [("grpc.service_config", SERVICE_CONFIG.read_text())]
+    with grpc.insecure_channel(args.target, options=options) as channel:
         stub = pbg.RecommenderStub(channel)
 
         # 1. Ranked items plus a short text presenting them.
