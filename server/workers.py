@@ -1,10 +1,15 @@
 """The gateway's worker pool: start, choose, supervise, restart, stop.
 
 Local workers are child processes on unix sockets in a private directory
-(0700, sockets 0600); remote workers are given by address. A request goes to
-the healthy worker with the fewest requests in flight. A supervisor loop
-takes a worker out of rotation the moment its process exits or it stops
-answering health checks, and restarts local ones with exponential backoff.
+(0700, sockets 0600), spoken to in plaintext; remote workers are given by
+address or by a DNS name re-resolved every few seconds (server/discovery.py),
+and spoken to over TLS (mutual when the gateway has a client certificate),
+or in plaintext only when the operator says so. A request goes to the
+healthy worker with the fewest requests in flight. A supervisor loop takes a
+worker out of rotation the moment its process exits or it stops answering
+health checks, restarts local ones with exponential backoff, and puts remote
+ones back once they answer again. A remote worker whose address vanishes
+from DNS is drained: no new requests, its channel closed once its calls end.
 This module does no model math and knows nothing of users.
 """
 
@@ -26,6 +31,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recgen.worker.v1 import worker_pb2_grpc
+from server.discovery import Discovery, WorkerTarget, parse_worker_addresses
 
 LOG = logging.getLogger(__name__)
 
@@ -38,6 +44,24 @@ CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.max_receive_message_length", 8 << 20),
 ]
+# A remote hop can go silent (a cut link, a frozen host) without any socket
+# closing. HTTP/2 keepalive pings find that within ~4 s and fail the calls in
+# flight with UNAVAILABLE, which Rank retries on another worker; without them
+# those calls would hang until their deadline. Workers accept pings this often.
+REMOTE_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+# How often DNS names of remote workers are resolved again.
+RESOLVE_EVERY_S = 5.0
+# At start, how long to wait for remote workers that are not ready yet once one worker
+# is: a dead remote host must not keep the gateway from serving; the supervisor admits it later.
+REMOTE_START_GRACE_S = 10.0
+# A retired worker's in-flight calls get this long to end before its channel is closed.
+DRAIN_S = 60.0
 
 
 # A restarted worker's old channel: how long its in-flight calls get to fail by themselves.
@@ -58,11 +82,28 @@ class WorkerSpec:
     extra_args: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class WorkerTls:
+    """The gateway's side of TLS to remote workers: the CA that signed their
+    certificates, and optionally its own client certificate (mutual TLS)."""
+
+    ca: str
+    cert: str | None = None
+    key: str | None = None
+    server_name: str | None = None  # check every worker's certificate against this name
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
 @dataclass
 class Worker:
     name: str
     address: str
     local: bool
+    credentials: grpc.ChannelCredentials | None = None  # None: plaintext
+    server_name: str | None = None  # TLS name when it is not the host in address
     proc: subprocess.Popen[bytes] | None = None
     channel: grpc.aio.Channel | None = None
     stub: worker_pb2_grpc.WorkerStub | None = None
@@ -73,9 +114,20 @@ class Worker:
     failed_checks: int = 0
     next_restart_at: float = 0.0
     backoff: float = 0.5
+    retiring: bool = False  # gone from DNS: no new requests, closed once idle
 
     def connect(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        if self.local or self.address.startswith("unix:"):
+            self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+        elif self.credentials is None:
+            self.channel = grpc.aio.insecure_channel(self.address, options=REMOTE_CHANNEL_OPTIONS)
+        else:
+            # Dialled by IP, checked against the name the certificate carries (the DNS
+            # name it was found under): pod IPs change, the service name does not.
+            options: list[tuple[str, str | int]] = list(REMOTE_CHANNEL_OPTIONS)
+            if self.server_name:
+                options.append(("grpc.ssl_target_name_override", self.server_name))
+            self.channel = grpc.aio.secure_channel(self.address, self.credentials, options=options)
         self.stub = worker_pb2_grpc.WorkerStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
@@ -86,14 +138,40 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, spec: WorkerSpec, n_local: int, remote: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        n_local: int,
+        remote: list[str] | None = None,
+        tls: WorkerTls | None = None,
+        insecure: bool = False,
+        resolve_every: float = RESOLVE_EVERY_S,
+    ) -> None:
         self.spec = spec
+        fixed, names = parse_worker_addresses(remote or [])
+        tcp = [t.address for t in fixed if not t.is_unix] + [str(n) for n in names]
+        if tcp and tls is None and not insecure:
+            raise ValueError(
+                f"remote workers {', '.join(tcp)} need TLS (--worker-tls-ca) or an explicit --worker-insecure"
+            )
+        if tcp and tls is None:
+            LOG.warning(
+                "PLAINTEXT to remote workers %s: requests, user histories and texts cross the "
+                "network unencrypted and unauthenticated (--worker-insecure)",
+                ", ".join(tcp),
+            )
+        self.tls = tls
+        self._credentials = tls.credentials() if tls else None
+        self.discovery = Discovery(fixed, names)
+        self.resolve_every = resolve_every
         self.socket_dir = Path(tempfile.mkdtemp(prefix="recgen-workers-"))  # 0700
         os.chmod(self.socket_dir, 0o700)
         self.workers: list[Worker] = [
             Worker(f"local-{i}", f"unix:{self.socket_dir}/worker-{i}.sock", local=True)
             for i in range(n_local)
-        ] + [Worker(f"remote-{i}", a, local=False) for i, a in enumerate(remote or [])]
+        ]
+        self._fixed_names = {t: f"remote-{i}" for i, t in enumerate(fixed)}
+        self._draining: set[asyncio.Task[None]] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._stopping = False
         # Awaited before a worker enters rotation (at start, after a restart, after
@@ -131,11 +209,40 @@ class WorkerPool:
 
     async def start(self, timeout: float = 600.0) -> None:
         for w in self.workers:
-            if w.local:
-                self._spawn(w)
+            self._spawn(w)
             w.connect()
         deadline = time.monotonic() + timeout
-        await asyncio.gather(*(self._wait_ready(w, deadline) for w in self.workers))
+        for target in await self.discovery.targets():
+            self._add_remote(target)
+        while not self.workers:  # workers started after the gateway: their name resolves later
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no workers: {', '.join(map(str, self.discovery.names))} resolve to nothing"
+                )
+            await asyncio.sleep(1.0)
+            for target in await self.discovery.targets():
+                self._add_remote(target)
+        local = asyncio.gather(*(self._wait_ready(w, deadline) for w in self.workers if w.local))
+        remote = {asyncio.create_task(self._wait_ready(w, deadline)) for w in self.workers if not w.local}
+        await local
+        # Every remote worker, or those up REMOTE_START_GRACE_S after one worker is in rotation.
+        grace_end = time.monotonic() + REMOTE_START_GRACE_S if self.healthy_count else None
+        pending, errors = set(remote), list[BaseException]()
+        while pending:
+            wait = None if grace_end is None else max(0.0, grace_end - time.monotonic())
+            done, pending = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break
+            errors += [e for e in (t.exception() for t in done) if e is not None]
+            if grace_end is None and self.healthy_count:
+                grace_end = time.monotonic() + REMOTE_START_GRACE_S
+        for t in pending:
+            t.cancel()
+        if not self.healthy_count:
+            raise errors[0] if errors else RuntimeError("no worker ready")
+        for w in self.workers:
+            if not w.healthy:
+                LOG.warning("remote worker %s not ready: serving without it for now", w.name)
         self._supervisor = asyncio.create_task(self._supervise())
 
     async def _check(self, w: Worker, timeout: float = 1.0) -> bool:
@@ -190,52 +297,112 @@ class WorkerPool:
             w.next_restart_at = time.monotonic() + w.backoff
             w.backoff = min(w.backoff * 2, 30.0)
 
+    async def _tend(self, w: Worker, restarting: dict[str, asyncio.Task[None]]) -> None:
+        """One supervision step for one worker: check, admit, take out, restart."""
+        if w.retiring:
+            return
+        if w.name in restarting:
+            if not restarting[w.name].done():
+                return
+            del restarting[w.name]
+        dead = w.local and w.proc is not None and w.proc.poll() is not None
+        if dead:
+            if w.healthy:
+                LOG.error(
+                    "worker %s exited (code %s): out of rotation",
+                    w.name,
+                    w.proc.returncode if w.proc else None,
+                )
+            w.healthy = False
+        elif await self._check(w, timeout=1.0):
+            if w.healthy:
+                w.failed_checks = 0
+            elif await self._admit(w):
+                LOG.info("worker %s in rotation", w.name)
+                w.failed_checks = 0
+            return
+        else:
+            w.failed_checks += 1
+            if w.failed_checks >= 2 and w.healthy:
+                LOG.error("worker %s fails health checks: out of rotation", w.name)
+                w.healthy = False
+        if w.local and (dead or w.failed_checks >= 3) and time.monotonic() >= w.next_restart_at:
+            restarting[w.name] = asyncio.create_task(self._restart(w))
+
     async def _supervise(self) -> None:
         restarting: dict[str, asyncio.Task[None]] = {}
+        resolving: asyncio.Task[None] | None = None
+        next_resolve = time.monotonic() + self.resolve_every
         while not self._stopping:
-            for w in self.workers:
-                if w.name in restarting:
-                    if not restarting[w.name].done():
-                        continue
-                    del restarting[w.name]
-                dead = w.local and w.proc is not None and w.proc.poll() is not None
-                if dead:
-                    if w.healthy:
-                        LOG.error(
-                            "worker %s exited (code %s): out of rotation",
-                            w.name,
-                            w.proc.returncode if w.proc else None,
-                        )
-                    w.healthy = False
-                elif await self._check(w, timeout=1.0):
-                    if w.healthy or await self._admit(w):
-                        w.failed_checks = 0
-                        continue
-                else:
-                    w.failed_checks += 1
-                    if w.failed_checks >= 2 and w.healthy:
-                        LOG.error("worker %s fails health checks: out of rotation", w.name)
-                        w.healthy = False
-                if w.local and (dead or w.failed_checks >= 3) and time.monotonic() >= w.next_restart_at:
-                    restarting[w.name] = asyncio.create_task(self._restart(w))
+            # Concurrently: a silent remote worker's 1 s check timeout must not delay the others.
+            await asyncio.gather(*(self._tend(w, restarting) for w in list(self.workers)))
+            if (
+                self.discovery.dynamic
+                and time.monotonic() >= next_resolve
+                and (resolving is None or resolving.done())
+            ):
+                resolving = asyncio.create_task(self._refresh())
+                next_resolve = time.monotonic() + self.resolve_every
             await asyncio.sleep(0.25)
+
+    # ---------------------------------------------------------------- remote membership
+
+    def _add_remote(self, t: WorkerTarget) -> Worker:
+        name = self._fixed_names.get(t) or (f"{t.server_name}/{t.address}" if t.server_name else t.address)
+        tls = self.tls
+        w = Worker(
+            name,
+            t.address,
+            local=False,
+            credentials=None if t.is_unix else self._credentials,
+            server_name=(tls.server_name if tls and tls.server_name else t.server_name),
+        )
+        w.connect()
+        self.workers.append(w)
+        return w
+
+    async def _refresh(self) -> None:
+        """Dial workers new in DNS (the supervisor admits them), drain vanished ones."""
+        targets = await self.discovery.targets()
+        known = {w.address: w for w in self.workers if not w.local and not w.retiring}
+        for t in targets:
+            if t.address not in known:
+                LOG.info("discovered worker %s", t.address)
+                self._add_remote(t)
+        wanted = {t.address for t in targets}
+        for address, w in known.items():
+            if address not in wanted:
+                task = asyncio.create_task(self._retire(w))
+                self._draining.add(task)
+                task.add_done_callback(self._draining.discard)
+
+    async def _retire(self, w: Worker) -> None:
+        LOG.info("worker %s gone from DNS: draining", w.name)
+        w.retiring, w.healthy = True, False
+        t_end = time.monotonic() + DRAIN_S
+        while w.in_flight and time.monotonic() < t_end:
+            await asyncio.sleep(0.1)
+        await w.close_channel(grace=CLOSE_GRACE_S)
+        self.workers = [x for x in self.workers if x is not w]
+        LOG.info("worker %s retired", w.name)
 
     async def stop(self, grace: float = 5.0) -> None:
         self._stopping = True
         if self._supervisor:
             self._supervisor.cancel()
+        for task in list(self._draining):
+            task.cancel()
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGTERM)
         t_end = time.monotonic() + grace
         for w in self.workers:
-            if w.proc is None:
-                continue
-            while w.proc.poll() is None and time.monotonic() < t_end:
-                await asyncio.sleep(0.05)
-            if w.proc.poll() is None:
-                w.proc.kill()
-                w.proc.wait()
+            if w.proc is not None:
+                while w.proc.poll() is None and time.monotonic() < t_end:
+                    await asyncio.sleep(0.05)
+                if w.proc.poll() is None:
+                    w.proc.kill()
+                    w.proc.wait()
             await w.close_channel()
         for p in self.socket_dir.glob("*"):
             p.unlink(missing_ok=True)

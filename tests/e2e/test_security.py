@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
+from tests.pki import issue, make_ca
 from tests.procs import recgen, stop
 
 pytestmark = pytest.mark.e2e
@@ -22,66 +23,13 @@ SERVE_TOKEN = "serve-token-0123456789abcdef"
 ADMIN_TOKEN = "admin-token-0123456789abcdef"
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for localhost, a client certificate."""
     d = tmp_path_factory.mktemp("pki")
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=recgen-test-ca",
-        cwd=d,
-    )
-    for name, ext in (
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
-        ("client", "extendedKeyUsage=clientAuth"),
-    ):
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=d,
-        )
-        (d / f"{name}.ext").write_text(ext + "\n")
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=d,
-        )
+    make_ca(d)
+    issue(d, "server", "subjectAltName=DNS:localhost,IP:127.0.0.1")
+    issue(d, "client", "extendedKeyUsage=clientAuth")
     return d
 
 
