@@ -1,8 +1,9 @@
 """Retrieval benchmark: the index `export.index.build_index` chooses versus exact search.
 
-For each catalog size: the index is built from the item factors with
-efSearch tuned on one set of held-out users' fold-in vectors (`tune`), and
-measured on another (`eval`, never seen by the tuning): recall@100 against
+For each catalog size: the index is chosen and tuned by `build_index` on one
+set of held-out users' fold-in vectors (`tune`: exact, norm-bounded at each
+head share, HNSW at rising efSearch), and measured on another (`eval`,
+never seen by the tuning): recall@100 against
 exact inner-product search (`faiss.IndexFlatIP`, the baseline), and queries/s
 of both at batch 1 (FAISS with 1 OpenMP thread: a single query is slower
 with 2, STACK.md) and in batches of 64 (the worker's max_batch; FAISS with
@@ -39,14 +40,26 @@ from bench.synthetic_catalog import (
     make_universe,
     user_queries,
 )
-from export.index import RECALL_K, build_index, mips_queries, recall_at
+from export.index import (
+    EXACT_MAX_ITEMS,
+    HEAD_SHARES,
+    RECALL_K,
+    build_index,
+    mips_queries,
+    recall_at,
+    save_index,
+)
+from worker.retrieval import NormBounded
 
 LOG = logging.getLogger(__name__)
 
 BATCH = 64  # the worker's default max_batch
 
 
-def _search_all(index: faiss.Index, q: np.ndarray, k: int, batch: int) -> np.ndarray:
+Searchable = faiss.Index | NormBounded
+
+
+def _search_all(index: Searchable, q: np.ndarray, k: int, batch: int) -> np.ndarray:
     out = []
     for s in range(0, len(q), batch):
         _, ids = index.search(q[s : s + batch], k)
@@ -55,7 +68,7 @@ def _search_all(index: faiss.Index, q: np.ndarray, k: int, batch: int) -> np.nda
 
 
 def queries_per_s(
-    index: faiss.Index, q: np.ndarray, k: int, *, batch: int, threads: int, min_time: float = 0.5
+    index: Searchable, q: np.ndarray, k: int, *, batch: int, threads: int, min_time: float = 0.5
 ) -> float:
     """Queries/s of `index` on `q` in batches of `batch`, FAISS with `threads` OpenMP threads; repeats
     the pass until `min_time` seconds have elapsed (one warm-up batch first)."""
@@ -133,39 +146,8 @@ def norm_concentration(xb: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return {f"top_{p}pct": round(float((ranks < len(norms) * p / 100).mean()), 4) for p in (1, 5, 10, 20, 50)}
 
 
-class NormBounded:
-    """A suggestion measured here, not what export/index.py builds: exact top-k search over the items with
-    the largest norms only, certified per query by Cauchy-Schwarz. No item outside the head can score more
-    than |q| * (largest norm outside the head); when the head's k-th score is at least that, the head's
-    answer is the exact answer. Queries that are not certified are searched over the whole catalog, so
-    the result always equals exact search."""
-
-    def __init__(self, xb: np.ndarray, exact: faiss.Index, frac: float) -> None:
-        norms = np.linalg.norm(xb, axis=1)
-        order = np.argsort(-norms, kind="stable")
-        m = max(1, int(len(xb) * frac))
-        self.head_ids = order[:m]
-        self.tail_max = float(norms[order[m]]) if m < len(xb) else 0.0
-        self.head = faiss.IndexFlatIP(xb.shape[1])
-        self.head.add(np.ascontiguousarray(xb[self.head_ids]))
-        self.exact = exact
-        self.fallbacks = 0
-
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        d, i = self.head.search(q, k)
-        ids = self.head_ids[i]
-        bound = np.linalg.norm(q, axis=1) * self.tail_max
-        bad = np.flatnonzero(d[:, -1] < bound)
-        if bad.size:
-            self.fallbacks += int(bad.size)
-            d2, ids2 = self.exact.search(q[bad], k)
-            d[bad], ids[bad] = d2, ids2
-        return d, ids
-
-
 def norm_bounded(
-    xb: np.ndarray,
-    exact: faiss.Index,
+    exact: faiss.IndexFlat,
     q: np.ndarray,
     truth: np.ndarray,
     k: int,
@@ -175,16 +157,18 @@ def norm_bounded(
     min_time: float,
     row: dict[str, Any],
 ) -> dict[str, Any]:
-    nb = NormBounded(xb, exact, frac)
+    """The served norm-bounded index (worker.retrieval.NormBounded) at one head share, on the eval
+    users: what build_index weighed on the tuning users, for every share it tried."""
+    nb = NormBounded(exact, int(exact.ntotal * frac))
     faiss.omp_set_num_threads(threads)
-    found = _search_all(nb, q, k, BATCH)  # type: ignore[arg-type]
-    fallback_share = nb.fallbacks / len(q)
+    found = _search_all(nb, q, k, BATCH)
+    fallback_share = nb.fallback_queries / max(nb.queries, 1)
     single = q[: min(200, len(q))]
-    qps_b = queries_per_s(nb, q, k, batch=BATCH, threads=threads, min_time=min_time)  # type: ignore[arg-type]
-    qps_1 = queries_per_s(nb, single, k, batch=1, threads=1, min_time=min_time)  # type: ignore[arg-type]
+    qps_b = queries_per_s(nb, q, k, batch=BATCH, threads=threads, min_time=min_time)
+    qps_1 = queries_per_s(nb, single, k, batch=1, threads=1, min_time=min_time)
     out = {
         "head_share": frac,
-        "head_items": len(nb.head_ids),
+        "head_items": len(nb.head_rows),
         "recall_at_100": round(recall_at(found, truth), 4),
         "fallback_share": round(fallback_share, 4),
         "qps_batched": round(qps_b, 1),
@@ -214,9 +198,9 @@ def bench_catalog(
     k = min(RECALL_K, n)
     faiss.omp_set_num_threads(threads)
     t = time.perf_counter()
-    kwargs = {} if exact_max_items is None else {"exact_max_items": exact_max_items}
+    limit = EXACT_MAX_ITEMS if exact_max_items is None else exact_max_items
     with _capture_hnsw() as built:
-        index, choice = build_index(xb, tune_q, recall_target=recall_target, **kwargs)
+        index, choice = build_index(xb, tune_q, recall_target=recall_target, exact_max_items=limit)
     build_s = time.perf_counter() - t
     exact = faiss.IndexFlatIP(d)
     exact.add(xb)
@@ -224,6 +208,8 @@ def bench_catalog(
     _, truth = exact.search(eval_q, k)
     mips = choice.kind == "hnsw"
     q_idx = mips_queries(eval_q) if mips else eval_q
+    if isinstance(index, NormBounded):
+        index.queries = index.fallback_queries = 0
     found = _search_all(index, q_idx, k, BATCH)
     rec = recall_at(found, truth)
     single = slice(0, min(single_queries, len(eval_q)))
@@ -242,6 +228,8 @@ def bench_catalog(
         "threads_batched": threads,
         "batch": BATCH,
     }
+    if isinstance(index, NormBounded):
+        row["fallback_share"] = round(index.fallback_queries / max(index.queries, 1), 4)
     for label, idx, qq in (("exact", exact, eval_q), ("index", index, q_idx)):
         if label == "index" and choice.kind == "flat":
             # The chosen index is exact search itself: one measurement, ratio 1 (two runs of the same
@@ -267,9 +255,9 @@ def bench_catalog(
         )
     row["norm_concentration"] = norm_concentration(xb, truth)
     row["norm_bounded"] = [
-        norm_bounded(xb, exact, eval_q, truth, k, frac, threads=threads, min_time=min(min_time, 0.3), row=row)
-        for frac in (0.02, 0.05, 0.10)
-        if int(frac * n) >= k
+        norm_bounded(exact, eval_q, truth, k, frac, threads=threads, min_time=min(min_time, 0.3), row=row)
+        for frac in HEAD_SHARES
+        if k <= int(frac * n) < n
     ]
     LOG.info("%s: %s", name, row)
     return row | {"_index": index}
@@ -318,10 +306,11 @@ def run(
         )
         index = row.pop("_index")
         out["rows"].append(row)
-        if also_hnsw_small and row["index"] == "flat" and "fallback_from" not in row["params"]:
-            # The policy picks exact search below export.index.EXACT_MAX_ITEMS; HNSW for reference.
+        if also_hnsw_small and "measured" not in row["params"]:
+            # The policy picks exact search up to export.index.EXACT_MAX_ITEMS without measuring; what
+            # the measured choice (norm-bounded, HNSW) would give there, for reference.
             alt = bench_catalog(
-                name + " (HNSW forced)",
+                name + " (measured choice forced)",
                 factors,
                 tune_q,
                 eval_q,
@@ -332,13 +321,13 @@ def run(
             )
             alt.pop("_index")
             alt["chosen_by_policy"] = False
-            alt["name"] = name + " (HNSW forced)"
+            alt["name"] = name + " (measured choice forced)"
             out["rows"].append(alt)
         if save_dir is not None:
             d = save_dir / name
             d.mkdir(parents=True, exist_ok=True)
             np.save(d / "item_factors.npy", factors)
-            faiss.write_index(index, str(d / "items.faiss"))
+            save_index(index, str(d / "items.faiss"))
             np.save(d / "queries.npy", eval_q)
             np.save(d / "tune_queries.npy", tune_q)
             (d / "params.json").write_text(json.dumps(row["params"]))
@@ -362,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--factors", type=int, default=64)
     p.add_argument("--queries", type=int, default=1000, help="held-out users per set (tune, eval)")
     p.add_argument("--threads", type=int, default=2, help="FAISS OpenMP threads for batched search")
-    p.add_argument("--no-hnsw-small", action="store_true", help="skip HNSW where the policy picks exact")
+    p.add_argument(
+        "--no-hnsw-small",
+        action="store_true",
+        help="skip the measured-choice reference row where the policy picks exact unmeasured",
+    )
     p.add_argument("--save-dir", type=Path, default=None)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
