@@ -18,19 +18,10 @@ import numpy as np
 from export.content_map import fit_content_map
 from export.data import Dataset
 from export.encoder import export_encoder
-from recgen.repository import CatalogItem
+from recgen.repository import item_text
 from worker.encoder import TextEncoder
 
 LOG = logging.getLogger(__name__)
-
-
-def item_text(it: CatalogItem) -> str:
-    parts = [it.title + "."]
-    if it.categories:
-        parts.append("Genres: " + ", ".join(it.categories) + ".")
-    if it.text:
-        parts.append(it.text)
-    return " ".join(parts)
 
 
 def export_content(ds: Dataset, factors: np.ndarray, out_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -44,4 +35,5 @@ def export_content(ds: Dataset, factors: np.ndarray, out_dir: Path, progress: bo
     w_map, report = fit_content_map(emb, factors, weights=weights)
     np.save(out_dir / "content_map.npy", w_map.astype(np.float32))
     LOG.info("content map: %s", {k: v for k, v in report.items() if not isinstance(v, list)})
-    return {"dim": int(emb.shape[1]), "report": report, "encoder": info}
+    # "embeddings" (n, dim): reused by the context step (export/context.py), never saved.
+    return {"dim": int(emb.shape[1]), "report": report, "encoder": info, "embeddings": emb}
