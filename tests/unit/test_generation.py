@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 from worker.detok import IncrementalDecoder
 from worker.generation import Finished, GenerationHandle, Generator, QueueFull, TextPiece
 from worker.kv_cache import KVCache, concat, left_pad, position_ids
+from worker.llm_batch import Request
+from worker.llm_schedule import PrefillPolicy
 from worker.prompt import build_prompt
 
 ARCHS = ["gpt2", "llama", "qwen2"]
@@ -87,9 +90,107 @@ def test_batched_greedy_equals_generate_alone(llm_dirs, arch):
         # scheduler may admit the first before the second is queued (3 calls).
         assert stats.prefill_calls in (2, 3) and stats.max_rows_per_step >= 4
         assert stats.tokens_generated == sum(len(r[0]) for r in refs)
+        # Every prompt starts with the cached prompt prefix (none for GPT-2, no chat template).
+        assert bool(g.model.prefix) == (arch != "gpt2")
+        assert stats.prefix_tokens_reused == len(g.model.prefix) * len(prompts)
 
     with Generator(llm_dirs[arch], threads=1) as g:
         asyncio.run(main(g))
+
+
+def _old_graph_copy(llm_dir: Path, dest: Path) -> Path:
+    """The same model as a version exported before `logits_to_keep`: no such input, llm.json silent."""
+    import json
+    import shutil
+
+    import onnx
+
+    dest.mkdir()
+    shutil.copyfile(llm_dir / "tokenizer.json", dest / "tokenizer.json")
+    meta = json.loads((llm_dir / "llm.json").read_text())
+    assert meta.pop("logits_to_keep_input") == "logits_to_keep"
+    (dest / "llm.json").write_text(json.dumps(meta))
+    model = onnx.load(str(llm_dir / "model.onnx"))
+    kept = [i for i in model.graph.input if i.name != "logits_to_keep"]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)  # the initializer stays: a constant 0, every position's logits
+    onnx.save(model, str(dest / "model.onnx"))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_last_position_prefill_equals_the_old_graph(llm_dirs, arch, tmp_path):
+    async def run(g: Generator) -> list[list[int]]:
+        hs = [g.submit(_prompt(g, m), max_new_tokens=16) for m in MESSAGES]
+        await asyncio.gather(*(h.result() for h in hs))
+        return [h.token_ids for h in hs]
+
+    old_dir = _old_graph_copy(llm_dirs[arch], tmp_path / "old")
+    # The old graph, fed whole prompts: what the engine did before.
+    with (
+        Generator(llm_dirs[arch], threads=1) as new,
+        Generator(old_dir, threads=1, cache_prefix=False) as old,
+    ):
+        assert new.model.logits_to_keep == "logits_to_keep" and old.model.logits_to_keep is None
+        assert asyncio.run(run(new)) == asyncio.run(run(old))
+        # The reference loop (every position's logits) agrees with both.
+        assert asyncio.run(run(new)) == [new.generate_alone(_prompt(new, m), 16)[0] for m in MESSAGES]
+
+
+@pytest.mark.slow
+def test_several_prefill_calls_between_decode_steps(llm_dirs):
+    """Small calls, a budget of several: batched == alone, every prompt prefilled once."""
+
+    async def main(g: Generator) -> None:
+        longest = max(len(g.encode(_prompt(g, m))) for m in MESSAGES)
+        assert g.policy.max_prefill_tokens < 2 * longest  # at most one long prompt per call
+        hs = [g.submit(_prompt(g, m), max_new_tokens=12) for m in MESSAGES]
+        await asyncio.gather(*(h.result() for h in hs))
+        assert [h.token_ids for h in hs] == [g.generate_alone(_prompt(g, m), 12)[0] for m in MESSAGES]
+        stats = g.stats()
+        assert stats.prefill_rows == len(MESSAGES) and stats.prefill_calls >= 3
+        assert all(h.prefills == 1 for h in hs)
+
+    with Generator(llm_dirs["gpt2"], threads=1, max_prefill_tokens=40, prefill_budget=400) as g:
+        asyncio.run(main(g))
+
+
+def _queue(*lengths: int, max_new: int = 10) -> deque[Request]:
+    rng = np.random.default_rng(0)
+    return deque(
+        Request(None, [1] * n, max_new, 0.0, 1.0, rng, float("inf"), None)  # type: ignore[arg-type]
+        for n in lengths
+    )
+
+
+def test_prefill_policy_groups_calls_within_the_budget():
+    policy = PrefillPolicy(max_seqs=8, max_batch_tokens=4096, max_prefill_tokens=200, prefill_budget=500)
+    waiting = _queue(90, 95, 80, 100, 90, 60)
+    calls = policy.admit(waiting, rows=0, widest=0)
+    # Calls of <= 200 padded tokens: 2 × 95, 2 × 100, then 90 (480 in all); the 60
+    # would pad into the third call (2 × 90): 570 > 500, so it waits for the next step.
+    assert [[len(r.prompt) for r in c] for c in calls] == [[90, 95], [80, 100], [90]]
+    assert [len(r.prompt) for r in waiting] == [60]
+    # One call per step (the old policy): only the first call.
+    one = PrefillPolicy(max_seqs=8, max_batch_tokens=4096, max_prefill_tokens=200, prefill_budget=200)
+    assert [[len(r.prompt) for r in c] for c in one.admit(_queue(90, 95, 80), 0, 0)] == [[90, 95]]
+
+
+def test_prefill_policy_bounds_sequences_and_kv_tokens_fifo():
+    policy = PrefillPolicy(max_seqs=4, max_batch_tokens=1000, max_prefill_tokens=256, prefill_budget=1024)
+    # 3 rows run, so one more sequence fits.
+    assert [len(c) for c in policy.admit(_queue(10, 10, 10), rows=3, widest=50)] == [1]
+    # KV: 2 running rows at width 300; a newcomer of 290 + 10 keeps 3 × 300 <= 1000, the next
+    # (4 × 300 > 1000) waits, and so does everything behind it (FIFO).
+    waiting = _queue(290, 5, 5)
+    assert [len(c) for c in policy.admit(waiting, rows=2, widest=300)] == [1]
+    assert [len(r.prompt) for r in waiting] == [5, 5]
+    # A prompt longer than a call is still prefilled, alone.
+    calls = policy.admit(_queue(600, 5), rows=0, widest=0)
+    assert [[len(r.prompt) for r in c] for c in calls] == [[600]]
+    with pytest.raises(AssertionError, match="prefill_budget"):
+        PrefillPolicy(max_prefill_tokens=512, prefill_budget=256)
 
 
 @pytest.mark.slow
