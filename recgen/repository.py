@@ -11,6 +11,8 @@ A repository is a directory of immutable versions::
     <root>/<version>/llm/              model.onnx, tokenizer.json, llm.json
     <root>/<version>/encoder/          model.onnx, tokenizer.json, encoder.json, content_map.npy
 
+    <root>/SERVING                     {"version": ..., "previous": [...]}: what workers serve
+
 A version is complete exactly when its manifest exists; export builds a
 version under a hidden temporary name and renames it into place after the
 manifest is written, so a crash never leaves a version that looks complete.
@@ -33,6 +35,7 @@ LOG = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SERVING = "SERVING"  # pointer file: recgen.promotion moves it, workers follow it
 _PARTIAL_PREFIX = ".partial-"
 
 
@@ -190,6 +193,22 @@ class ModelRepository:
             if p.is_dir() and not p.name.startswith(".") and (p / MANIFEST).is_file()
         )
 
+    def serving(self) -> str:
+        """The version to serve: the SERVING pointer's, else the newest complete one.
+
+        A pointer naming a version that is gone (deleted by hand) falls back to
+        the newest, with a warning, rather than taking the service down."""
+        ptr = self.root / SERVING
+        if ptr.is_file():
+            try:
+                name = str(json.loads(ptr.read_text())["version"])
+            except (ValueError, KeyError, TypeError) as e:
+                raise RepositoryError(f"{ptr} is unreadable: {e}") from e
+            if (self.root / name / MANIFEST).is_file():
+                return name
+            LOG.warning("SERVING names %s, which is not a complete version: serving the newest", name)
+        return self.latest()
+
     def latest(self) -> str:
         versions = self.versions()
         if not versions:
@@ -197,7 +216,7 @@ class ModelRepository:
         return versions[-1]
 
     def open(self, version: str | None = None, verify: bool = True) -> ModelVersion:
-        version = version or self.latest()
+        version = version or self.serving()
         path = self.root / version
         if not (path / MANIFEST).is_file():
             raise RepositoryError(f"model version {version} is missing or incomplete in {self.root}")
@@ -244,6 +263,16 @@ class ModelVersion:
     def catalog(self) -> list[CatalogItem]:
         with open(self.path / "catalog.jsonl") as f:
             return [CatalogItem.from_json(json.loads(line)) for line in f if line.strip()]
+
+
+def item_text(it: CatalogItem) -> str:
+    """What the content encoder reads for an item, at export and for live upserts alike."""
+    parts = [it.title + "."]
+    if it.categories:
+        parts.append("Genres: " + ", ".join(it.categories) + ".")
+    if it.text:
+        parts.append(it.text)
+    return " ".join(parts)
 
 
 def write_catalog(path: Path, items: list[CatalogItem]) -> None:
