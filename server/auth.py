@@ -27,6 +27,8 @@ ROLES = ("serve", "admin")
 ADMIN_METHODS = frozenset(
     {
         "/recgen.v1.Recommender/ForgetUser",
+        "/recgen.v1.Recommender/UpsertItems",
+        "/recgen.v1.Recommender/DeleteItems",
     }
 )
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)

@@ -175,3 +175,54 @@ def feedback_from_pb(r: pb.SendFeedbackRequest) -> Feedback:
 
 def user_id_from_pb(user_id: str) -> str:
     return _id(user_id, "user_id")
+
+
+# ---------------------------------------------------------------- live catalog
+
+MAX_CATALOG_BATCH = 1000
+MAX_TITLE_CHARS = 512
+MAX_TEXT_CHARS = 4096
+MAX_ITEM_CATEGORIES = 32
+
+
+def _text(value: str, field: str, max_chars: int, required: bool) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(f"{field} must not be empty")
+    if len(value) > max_chars:
+        raise InvalidArgument(f"{field} is {len(value)} characters; at most {max_chars}")
+    # Line breaks and tabs are fine in a description; other control characters never are.
+    if any((ord(ch) < 32 and ch not in "\n\t") or 0x7F <= ord(ch) <= 0x9F for ch in value):
+        raise InvalidArgument(f"{field} contains control characters")
+    return value
+
+
+def catalog_items_from_pb(r: pb.UpsertItemsRequest) -> list[tuple[str, str, str, tuple[str, ...]]]:
+    """(item_id, title, text, categories) per item, in request order."""
+    if not 1 <= len(r.items) <= MAX_CATALOG_BATCH:
+        raise InvalidArgument(f"items must hold 1..{MAX_CATALOG_BATCH} entries, got {len(r.items)}")
+    out, seen = [], set()
+    for n, it in enumerate(r.items):
+        item_id = _id(it.item_id, f"items[{n}].item_id")
+        if item_id in seen:
+            raise InvalidArgument(f"items[{n}].item_id {item_id!r} appears twice in the request")
+        seen.add(item_id)
+        cats = list(it.categories)
+        if len(cats) > MAX_ITEM_CATEGORIES:
+            raise InvalidArgument(
+                f"items[{n}].categories has {len(cats)} entries; at most {MAX_ITEM_CATEGORIES}"
+            )
+        out.append(
+            (
+                item_id,
+                _text(it.title, f"items[{n}].title", MAX_TITLE_CHARS, required=True),
+                _text(it.text, f"items[{n}].text", MAX_TEXT_CHARS, required=False),
+                tuple(_id(c, f"items[{n}].categories[]", MAX_CATEGORY_CHARS) for c in cats),
+            )
+        )
+    return out
+
+
+def item_ids_from_pb(r: pb.DeleteItemsRequest) -> list[str]:
+    if not 1 <= len(r.item_ids) <= MAX_CATALOG_BATCH:
+        raise InvalidArgument(f"item_ids must hold 1..{MAX_CATALOG_BATCH} entries, got {len(r.item_ids)}")
+    return list(dict.fromkeys(_id(i, f"item_ids[{n}]") for n, i in enumerate(r.item_ids)))
