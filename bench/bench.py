@@ -184,11 +184,11 @@ def gpu_status() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- processes
 
 
-def _sub_env(threads: int) -> dict[str, str]:
+def _sub_env(threads: int, root: Path = ROOT) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TRANSFORMERS_OFFLINE", "1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
     return env
@@ -221,9 +221,11 @@ class Server:
 
 
 @contextmanager
-def recgen_server(models: str, workers: int, work: Path, timeout: float = 600.0) -> Iterator[Server]:
+def recgen_server(
+    models: str, workers: int, work: Path, timeout: float = 600.0, root: Path = ROOT
+) -> Iterator[Server]:
     """`recgen serve` on a free port with a fresh state store; always stopped (SIGTERM, then SIGKILL of
-    its process group)."""
+    its process group). root: the source tree it runs from (another checkout for an A/B run)."""
     from bench.memory import children, cmdline
 
     out, err = work / "serve.out", work / "serve.log"
@@ -248,8 +250,8 @@ def recgen_server(models: str, workers: int, work: Path, timeout: float = 600.0)
     with out.open("wb") as fo, err.open("wb") as fe:
         proc = subprocess.Popen(
             cmd,
-            cwd=ROOT,
-            env=_sub_env(1),
+            cwd=root,
+            env=_sub_env(1, root),
             stdout=fo,
             stderr=fe,
             stdin=subprocess.DEVNULL,

@@ -917,10 +917,10 @@ def serve_defaults() -> argparse.Namespace:
 
 def sqlite_settings(state: Path) -> dict[str, Any]:
     """The pragmas on a StateStore opened as `recgen serve` opens it, and the file's own mode."""
-    from server.state import StateStore
+    from server.state import SQLiteStore
 
     sync = serve_defaults().synchronous
-    store = StateStore(state, synchronous=sync)
+    store = SQLiteStore(state, synchronous=sync)
     try:
         writer = store._writer  # the connection SendFeedback commits on
         out = {
@@ -941,13 +941,13 @@ def sqlite_settings(state: Path) -> dict[str, Any]:
 def sync_cost(n: int = 100) -> dict[str, Any]:
     """Commits per second with FULL and NORMAL, and WAL frames one event costs, in a scratch file:
     what NORMAL could lose on power loss is the events committed since the last checkpoint."""
-    from server.state import Event, StateStore
+    from server.state import Event, SQLiteStore
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=WORKDIR) as d:
         for mode in ("FULL", "NORMAL"):
             path = Path(d) / f"{mode}.db"
-            store = StateStore(path, synchronous=mode)
+            store = SQLiteStore(path, synchronous=mode)
             try:
                 store.add_event_sync(Event("warm", "u", "1", "CLICK", None, 0.0))
                 wal0 = path.with_name(path.name + "-wal").stat().st_size

@@ -28,9 +28,10 @@ from export.evaluate import (
     leave_last_out,
     user_histories,
 )
-from export.index import build_index, save_index
+from export.index import EXACT_MAX_ITEMS, build_index, save_index
 from export.mf import ALSParams, train_als
 from export.scorer_onnx import export_scorer
+from recgen.promotion import GateRefused, pin, promote, prune
 from recgen.repository import Manifest, VersionWriter, write_catalog
 from worker.foldin import FoldIn
 
@@ -51,6 +52,7 @@ class ExportOptions:
     llm: str | None = None  # None: the default SmolLM2 from the wheel
     with_llm: bool = True
     with_encoder: bool = True
+    with_context: bool = True  # learn what request context adds (export/context.py)
     quantize: str = "int8"
     factors: int | None = None  # None: tuned
     reg: float | None = None
@@ -69,8 +71,14 @@ def _step(name: str) -> float:
     return time.perf_counter()
 
 
-def choose_params(ds: Dataset, opts: ExportOptions) -> tuple[ALSParams, list[dict[str, Any]]]:
-    """Fixed params if all given; else the best of the grid on validation NDCG@10."""
+def choose_params(
+    ds: Dataset, opts: ExportOptions, keep: dict[str, np.ndarray] | None = None
+) -> tuple[ALSParams, list[dict[str, Any]]]:
+    """Fixed params if all given; else the best of the grid on validation NDCG@10.
+
+    keep: if given, receives the chosen model's item factors as "validation" (reused
+    by the context step instead of training again).
+    """
     grid = TUNING_GRID
     if opts.factors is not None or opts.reg is not None or opts.alpha is not None:
         base = ALSParams()
@@ -87,16 +95,22 @@ def choose_params(ds: Dataset, opts: ExportOptions) -> tuple[ALSParams, list[dic
     outer = leave_last_out(ds)
     val = leave_last_out(ds, outer.train_rows)  # hold out the second-to-last item
     trials = []
+    trained = []
     for p in grid:
         m = train_als(ds.user[val.train_rows], ds.item[val.train_rows], ds.n_users, ds.n_items, p)
+        trained.append(m.item_factors)
         res = evaluate_mf(ds, val, m.item_factors, p.reg, p.alpha)
         trials.append({"params": p.to_json(), "validation": res})
         LOG.info("tuning %s: validation NDCG@10 %.4f HR@10 %.4f", p, res["ndcg@10"], res["hit_rate@10"])
     best = max(range(len(grid)), key=lambda i: trials[i]["validation"]["ndcg@10"])
+    if keep is not None:
+        keep["validation"] = trained[best]
     return grid[best], trials
 
 
-def evaluate_all(ds: Dataset, params: ALSParams, opts: ExportOptions) -> dict[str, Any]:
+def evaluate_all(
+    ds: Dataset, params: ALSParams, opts: ExportOptions, keep: dict[str, np.ndarray] | None = None
+) -> dict[str, Any]:
     split = leave_last_out(ds)
     m = train_als(
         ds.user[split.train_rows],
@@ -106,6 +120,8 @@ def evaluate_all(ds: Dataset, params: ALSParams, opts: ExportOptions) -> dict[st
         params,
         progress=opts.progress,
     )
+    if keep is not None:
+        keep["test"] = m.item_factors  # reused by the context step
     out: dict[str, Any] = {
         "protocol": "temporal leave-last-one-out, all ratings positive, ties in file order, "
         "all unseen items ranked",
@@ -121,11 +137,12 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
     """Build one complete model version from a dataset; returns its path."""
     started = time.perf_counter()
     t = _step("tuning ALS on a validation split")
-    params, trials = choose_params(ds, opts)
+    split_factors: dict[str, np.ndarray] = {}  # the held-out models' item factors, for the context step
+    params, trials = choose_params(ds, opts, split_factors)
     LOG.info("chosen %s (%.1f s)", params, time.perf_counter() - t)
 
     t = _step("evaluating on held-out data")
-    metrics: dict[str, Any] = {"quality": evaluate_all(ds, params, opts)}
+    metrics: dict[str, Any] = {"quality": evaluate_all(ds, params, opts, split_factors)}
     metrics["quality"]["tuning"] = trials
     LOG.info(
         "held-out quality (%.1f s): %s",
@@ -147,8 +164,10 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
         t = _step("building the FAISS index")
         hist = user_histories(ds, np.arange(len(ds)), params.alpha)
         queries = FoldIn(factors, params.reg).user_vectors([h for h in hist if len(h[0])][:2000])
-        kw = {} if opts.exact_max_items is None else {"exact_max_items": opts.exact_max_items}
-        index, choice = build_index(factors, queries, recall_target=opts.recall_target, **kw)
+        exact_max = EXACT_MAX_ITEMS if opts.exact_max_items is None else opts.exact_max_items
+        index, choice = build_index(
+            factors, queries, recall_target=opts.recall_target, exact_max_items=exact_max
+        )
         save_index(index, str(w.path / "items.faiss"))
         metrics["index"] = choice.to_json()
 
@@ -161,6 +180,16 @@ def export_version(ds: Dataset, root: Path, opts: ExportOptions) -> Path:
             enc = export_content(ds, factors, w.path / "encoder", progress=opts.progress)
             dims["encoder"] = int(enc["dim"])
             metrics["content_map"] = enc["report"]
+        if opts.with_context:
+            t = _step("learning what request context adds (ablation on held-out data)")
+            from export.context import ContextOptions, learn_context
+
+            enc_dir = w.path / "encoder" if opts.with_encoder else None
+            ctx_opts = ContextOptions(seed=opts.seed)
+            emb = enc["embeddings"] if opts.with_encoder else None
+            metrics["context"] = learn_context(
+                ds, params, w.path / "context", enc_dir, ctx_opts, emb, split_factors
+            )
         if opts.with_llm:
             t = _step("exporting the language model")
             from export.llm_step import export_llm_for_catalog
@@ -207,7 +236,13 @@ def _summary(path: Path) -> str:
                 f"    {name:<12}{r['hit_rate@10']:>8.4f}{r['ndcg@10']:>9.4f}{r['coverage@10']:>8.3f}"
             )
     ix = m["metrics"]["index"]
-    lines.append(f"  index: {ix['kind']} {ix['params']} recall@100 {ix['recall_at_100']:.3f}")
+    shown = {k: v for k, v in ix["params"].items() if k != "measured"}
+    lines.append(f"  index: {ix['kind']} {shown} recall@100 {ix['recall_at_100']:.3f}")
+    if "context" in m["metrics"]:
+        feats = m["metrics"]["context"]["features"]
+        lines.append(
+            "  context (warm/cold): " + "; ".join(f"{f} {v['warm']}/{v['cold']}" for f, v in feats.items())
+        )
     if "llm" in m["metrics"]:
         lines.append(f"  llm: {json.dumps(m['metrics']['llm'])}")
     return "\n".join(lines)
@@ -242,7 +277,27 @@ def run_export(args: argparse.Namespace) -> int:
         LOG.error("%s", e)
         print(f"recgen export: {e}")
         return 2
+    if getattr(args, "feedback", None):
+        from export.feedback_data import fold_feedback, load_feedback
+
+        if "://" not in args.feedback and not Path(args.feedback).is_file():
+            print(f"recgen export: --feedback {args.feedback}: no such state store file")
+            return 2
+        ds = fold_feedback(ds, *load_feedback(args.feedback))
     LOG.info("cleaning report: %s", json.dumps(ds.report.to_json()))
-    path = export_version(ds, Path(args.models), opts)
+    root = Path(args.models)
+    pin(root)  # workers keep serving what they serve until the gate says otherwise
+    path = export_version(ds, root, opts)
     print(_summary(path))
+    if getattr(args, "no_promote", False):
+        print(f"not promoted (--no-promote): `recgen reload --models {root} --version {path.name}`")
+        return 0
+    try:
+        d = promote(root, path.name, force=args.force, tolerance=args.tolerance)
+        print(f"promoted: SERVING -> {d.version} ({d.reason})")
+    except GateRefused as e:
+        print(f"not promoted: {e}")
+    removed = prune(root, args.keep)
+    if removed:
+        print(f"pruned old versions: {', '.join(removed)}")
     return 0

@@ -63,6 +63,27 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--feedback",
+        metavar="STATE",
+        help="fold the gateway's logged feedback and live catalog changes into the training data "
+        "(the serve --state value: a SQLite file or a postgresql:// URL)",
+    )
+    p.add_argument("--no-promote", action="store_true", help="leave SERVING as it is (see recgen reload)")
+    from recgen.lifecycle import add_gate_flags
+
+    add_gate_flags(p)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    """'I/N' -> (I, N) with 0 <= I < N."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected I/N, e.g. 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: need 0 <= I < N")
+    return i, n
 
 
 def _add_worker(sub: argparse._SubParsersAction) -> None:
@@ -78,7 +99,30 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-seqs", type=int, default=32, help="LLM sequences decoded together")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument(
+        "--shard",
+        type=_shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="rank only catalog shard I of N (rows with row %% N == I); every shard still loads all "
+        "item factors, which fold-in needs (default 0/1: the whole catalog)",
+    )
+    p.add_argument(
+        "--watch-interval",
+        type=float,
+        default=2.0,
+        help="seconds between checks of the repository's SERVING pointer for a hot swap (0: never; "
+        "a worker started with --version never swaps)",
+    )
+    p.add_argument(
         "--parent-pid", type=int, default=0, help="exit when this process dies (set by `recgen serve`)"
+    )
+    p.add_argument("--tls-cert", help="PEM certificate chain for a HOST:PORT listener (enables TLS)")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--tls-client-ca", help="PEM CA bundle: require gateway client certificates (mTLS)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plaintext HOST:PORT listener (unix sockets are always plaintext)",
     )
 
 
@@ -90,17 +134,59 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
     p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="catalog shards: local worker i ranks shard i %% N, each request asks one worker of every "
+        "shard and merges their answers exactly (docs/scaling.md)",
+    )
+    p.add_argument(
         "--worker-address",
         action="append",
         default=[],
-        help="remote worker (HOST:PORT or unix:PATH); repeatable",
+        help="remote workers: HOST:PORT, unix:PATH or dns:///NAME:PORT (every address NAME "
+        "resolves to, re-resolved every 5 s); repeatable or comma-separated",
     )
-    p.add_argument("--state", default="var/state.db", help="SQLite state store file")
+    p.add_argument(
+        "--worker-tls-ca", help="PEM CA that signed the remote workers' certificates (enables TLS)"
+    )
+    p.add_argument("--worker-tls-cert", help="PEM client certificate for mutual TLS to remote workers")
+    p.add_argument("--worker-tls-key", help="PEM private key for --worker-tls-cert")
+    p.add_argument(
+        "--worker-tls-server-name",
+        help="name every remote worker's certificate is checked against "
+        "(default: the host in its address, or the DNS name it was found under)",
+    )
+    p.add_argument(
+        "--worker-insecure",
+        action="store_true",
+        help="speak plaintext to remote HOST:PORT workers (only on a network you trust)",
+    )
+    p.add_argument(
+        "--state",
+        default="var/state.db",
+        help="state store: a SQLite file, or postgresql://USER@HOST/DB for several gateways on shared state",
+    )
     p.add_argument(
         "--synchronous",
         choices=["FULL", "NORMAL"],
         default="FULL",
-        help="SQLite durability (FULL: acknowledged = on disk)",
+        help="durability (FULL: acknowledged = on disk; NORMAL: SQLite synchronous=NORMAL,"
+        " PostgreSQL synchronous_commit=off)",
+    )
+    p.add_argument(
+        "--user-cache",
+        type=int,
+        default=10_000,
+        help="users whose recent events the gateway keeps in memory (SQLite state only; 0: off;"
+        " up to ~80 KB per user at the 200-event history cap)",
+    )
+    p.add_argument(
+        "--rank-batch",
+        type=int,
+        default=1,
+        help="RankBatch RPCs in flight per worker, each carrying the Rank calls waiting for it"
+        " (0: one Rank RPC per request)",
     )
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
@@ -127,9 +213,22 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-in-flight", type=int, default=256, help="admission limit; excess gets RESOURCE_EXHAUSTED"
     )
+    p.add_argument(
+        "--max-connection-age-s",
+        type=float,
+        default=300.0,
+        help="close (GOAWAY) each client connection after this age so load balancers re-balance (0: never)",
+    )
+    p.add_argument(
+        "--max-connection-age-grace-s",
+        type=float,
+        default=30.0,
+        help="time calls in flight on an aged connection get to finish",
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (tests/unit/test_deploy.py parses the manifests' args with it)."""
     parser = argparse.ArgumentParser(prog="recgen", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default=os.environ.get("RECGEN_LOG_LEVEL", "INFO"))
     parser.add_argument("--log-format", choices=["plain", "json"], default="plain")
@@ -137,11 +236,51 @@ def main(argv: list[str] | None = None) -> int:
     _add_export(sub)
     _add_worker(sub)
     _add_serve(sub)
+    from recgen import lifecycle
+
+    lifecycle.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "serve" and bool(args.tls_cert) != bool(args.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     if args.command == "serve" and args.tls_client_ca and not args.tls_cert:
         parser.error("--tls-client-ca needs --tls-cert/--tls-key")
+    if args.command == "worker" and bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if args.command == "worker" and args.tls_client_ca and not args.tls_cert:
+        parser.error("--tls-client-ca needs --tls-cert/--tls-key")
+    if args.command == "worker" and args.tls_cert and args.listen.startswith("unix:"):
+        parser.error("--tls-cert is for HOST:PORT listeners; a unix socket is protected by its permissions")
+    if args.command == "worker" and not (args.tls_cert or args.insecure or args.listen.startswith("unix:")):
+        parser.error(f"--listen {args.listen} needs --tls-cert/--tls-key (or an explicit --insecure)")
+    if args.command == "serve" and bool(args.worker_tls_cert) != bool(args.worker_tls_key):
+        parser.error("--worker-tls-cert and --worker-tls-key go together")
+    if args.command == "serve" and args.worker_tls_cert and not args.worker_tls_ca:
+        parser.error("--worker-tls-cert needs --worker-tls-ca")
+    if args.command == "serve" and args.worker_tls_ca and args.worker_insecure:
+        parser.error("--worker-tls-ca and --worker-insecure contradict each other")
+    if args.command == "serve" and args.worker_address:
+        from server.discovery import parse_worker_addresses
+
+        try:
+            fixed, names = parse_worker_addresses(args.worker_address)
+        except ValueError as e:
+            parser.error(str(e))
+        tcp = [t.address for t in fixed if not t.is_unix] + [str(n) for n in names]
+        if tcp and not (args.worker_tls_ca or args.worker_insecure):
+            parser.error(
+                f"remote workers {', '.join(tcp)} need --worker-tls-ca (or an explicit --worker-insecure)"
+            )
+    if args.command == "serve" and args.shards < 1:
+        parser.error(f"--shards must be >= 1, got {args.shards}")
+    if args.command == "serve" and not args.worker_address and args.workers < args.shards:
+        parser.error(f"--workers {args.workers} < --shards {args.shards}: every shard needs a worker")
+    if args.command == "serve" and min(args.max_connection_age_s, args.max_connection_age_grace_s) < 0:
+        parser.error("--max-connection-age-s and --max-connection-age-grace-s must be >= 0")
     _configure_logging(args.log_level, args.log_format)
 
     if args.command == "export":
@@ -157,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.main import run_worker
 
         return run_worker(args)
+    if args.command in ("reload", "rollback", "versions"):
+        from recgen import lifecycle
+
+        return lifecycle.run(args)
     if args.command == "serve":
         from server.main import run_serve
 

@@ -19,18 +19,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from recgen.promotion import pin
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
 from server.auth import AuthInterceptor, load_tokens, server_credentials
+from server.catalog import LiveCatalog
 from server.errors import DecodeErrors
+from server.feedback import HISTORY_CAP
 from server.metrics import GatewayMetrics
 from server.metrics import render as render_metrics
 from server.metrics_http import start_metrics_server
 from server.privacy import UserIdPolicy
+from server.rank_batch import RankBatcher
 from server.ratelimit import RateLimiter
 from server.service import RecommenderService
-from server.state import StateStore
-from server.workers import WorkerPool, WorkerSpec
+from server.state import SQLiteStore, StateStore, open_store
+from server.user_state_cache import UserStateCache
+from server.workers import WorkerPool, WorkerSpec, WorkerTls
 
 LOG = logging.getLogger(__name__)
 
@@ -49,32 +54,82 @@ class Gateway:
     metrics_server: asyncio.Server | None = None
 
 
+def connection_age_options(args: argparse.Namespace) -> list[tuple[str, int]]:
+    """gRPC server options that cycle each client connection after a maximum age.
+
+    A gRPC client keeps one HTTP/2 connection for all its calls, so an L4 load
+    balancer (a Kubernetes Service) pins it to one gateway forever and new
+    replicas get no traffic. Past the age the server sends GOAWAY: calls in
+    flight get the grace period to finish, and the client's channel opens a new
+    connection (re-balanced) for the next call without failing any. 0 disables.
+    """
+    age_s = getattr(args, "max_connection_age_s", 0.0) or 0.0
+    if age_s <= 0:
+        return []
+    grace_s = getattr(args, "max_connection_age_grace_s", 0.0) or 0.0
+    return [
+        ("grpc.max_connection_age_ms", int(age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(grace_s * 1000)),
+    ]
+
+
+def user_state_cache(args: argparse.Namespace, store: StateStore) -> UserStateCache | None:
+    """The in-memory user-state cache, for the SQLite store only: it is right only
+    while this gateway is the store's one writer. PostgreSQL means several gateways
+    on shared state, where a cached user would miss the others' feedback."""
+    size = getattr(args, "user_cache", 0) or 0
+    if size <= 0 or not isinstance(store, SQLiteStore):
+        return None
+    return UserStateCache(size, HISTORY_CAP)
+
+
 async def create_gateway(args: argparse.Namespace) -> Gateway:
     repo = ModelRepository(args.models)
+    if not args.version:
+        pin(args.models)  # from now on a new version serves only through the quality gate
     mv = repo.open(args.version, verify=False)
-    catalog_ids = {it.item_id for it in mv.catalog()}
     cores = os.cpu_count() or 1
     n_local = args.workers
     spec = WorkerSpec(
         models=args.models,
-        version=mv.name,
+        version=args.version,  # None: workers follow the SERVING pointer (hot swap)
         threads=max(1, cores // max(1, n_local)),
         max_new_tokens=args.max_new_tokens,
         max_delay_ms=args.max_delay_ms,
     )
-    pool = WorkerPool(spec, n_local, remote=args.worker_address)
+    tls = (
+        WorkerTls(args.worker_tls_ca, args.worker_tls_cert, args.worker_tls_key, args.worker_tls_server_name)
+        if getattr(args, "worker_tls_ca", None)
+        else None
+    )
+    pool = WorkerPool(
+        spec,
+        n_local,
+        remote=args.worker_address,
+        tls=tls,
+        insecure=getattr(args, "worker_insecure", False),
+        shards=getattr(args, "shards", 1),
+    )
+    store = open_store(args.state, synchronous=args.synchronous)
+    live_catalog = LiveCatalog(store, pool, args.models, args.version)
+    await live_catalog.load()
+    pool.on_ready = live_catalog.on_worker_ready  # no worker serves with a stale catalog
     await pool.start()
 
-    store = StateStore(args.state, synchronous=args.synchronous)
     metrics = GatewayMetrics()
     service = RecommenderService(
         store,
         pool,
-        catalog_ids,
+        live_catalog,
         max_in_flight=args.max_in_flight,
         metrics=metrics,
         user_ids=UserIdPolicy(raw=args.log_user_ids, salt=args.log_salt),
         feedback_limiter=RateLimiter(args.feedback_rate, args.feedback_burst),
+        live_catalog=live_catalog,
+        user_cache=user_state_cache(args, store),
+        rank_batcher=RankBatcher(max_in_flight=args.rank_batch)
+        if getattr(args, "rank_batch", 0) > 0
+        else None,
     )
     interceptors: list[grpc.aio.ServerInterceptor] = (
         [AuthInterceptor(load_tokens(args.auth_tokens))] if args.auth_tokens else []
@@ -87,6 +142,7 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            *connection_age_options(args),
         ],
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(service, server)
@@ -138,6 +194,7 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     flusher = asyncio.create_task(_flush_impressions(gw.store, stop))
+    catalog_poll = asyncio.create_task(gw.service.live_catalog.run(stop)) if gw.service.live_catalog else None
     await stop.wait()
 
     LOG.info("draining (grace %.1f s)", args.grace)
@@ -145,6 +202,8 @@ async def serve(args: argparse.Namespace) -> None:
         await gw.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await gw.server.stop(grace=args.grace)  # refuses new calls, lets in-flight ones finish
     await flusher
+    if catalog_poll is not None:
+        await catalog_poll
     if gw.metrics_server is not None:
         gw.metrics_server.close()
     await gw.pool.stop()

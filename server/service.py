@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,15 +22,21 @@ import grpc
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.catalog import LiveCatalog
 from server.errors import NotFound, Overloaded, map_errors
 from server.feedback import Semantics, history_weights
 from server.metrics import GatewayMetrics
 from server.privacy import UserIdPolicy
+from server.rank_batch import RankBatcher
 from server.ratelimit import RateLimiter
+from server.shards import ShardMismatch, merge_rank, merge_similar
 from server.state import Event, StateStore
+from server.user_state_cache import UserState, UserStateCache
 from server.validation import (
     Recommendation,
+    catalog_items_from_pb,
     feedback_from_pb,
+    item_ids_from_pb,
     recommendation_from_pb,
     similar_from_pb,
     user_id_from_pb,
@@ -56,6 +62,7 @@ class Prepared:
     request_id: str
     history: list[tuple[str, float]]  # (item_id, weight) newest first
     exclude: list[str]
+    dismissed: list[str]
     deadline: float | None  # monotonic
 
 
@@ -81,14 +88,20 @@ class RecommenderService(pbg.RecommenderServicer):
         self,
         store: StateStore,
         pool: WorkerPool,
-        catalog_ids: set[str],
+        catalog_ids: Container[str],
         *,
         max_in_flight: int = 256,
         semantics: Semantics | None = None,
         metrics: GatewayMetrics | None = None,
         user_ids: UserIdPolicy | None = None,
         feedback_limiter: RateLimiter | None = None,
+        live_catalog: LiveCatalog | None = None,
+        user_cache: UserStateCache | None = None,
+        rank_batcher: RankBatcher | None = None,
     ) -> None:
+        self.rank_batcher = rank_batcher  # None: one Rank RPC per request
+        self.live_catalog = live_catalog
+        self.user_cache = user_cache  # None: every Recommend reads the store (several writers)
         self.store = store
         self.pool = pool
         self.catalog_ids = catalog_ids
@@ -131,7 +144,7 @@ class RecommenderService(pbg.RecommenderServicer):
 
     async def _prepare(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> Prepared:
         req = recommendation_from_pb(request)
-        events, dismissed = await self.store.user_state(req.user_id, self.semantics.history_cap)
+        events, dismissed = await self._user_state(req.user_id)
         # The request's own time drives decay (replays use event time), but never
         # more than a day past the server's clock: a far-future local_time must
         # not decay every event to nothing.
@@ -142,21 +155,60 @@ class RecommenderService(pbg.RecommenderServicer):
             request_id=uuid.uuid4().hex,
             history=history_weights(events, now, self.semantics),
             exclude=list(dict.fromkeys([*req.exclude_item_ids, *dismissed])),
+            dismissed=list(dismissed),
             deadline=None if remaining is None else time.monotonic() + remaining,
         )
+
+    async def _user_state(self, user_id: str) -> UserState:
+        cache = self.user_cache
+        if cache is None:
+            return await self.store.user_state(user_id, self.semantics.history_cap)
+        state = cache.get(user_id)
+        if state is None:
+            ticket = cache.ticket()
+            state = await self.store.user_state(user_id, self.semantics.history_cap)
+            cache.fill(user_id, ticket, *state)
+        return state
+
+    async def _store_event(self, ev: Event) -> bool:
+        """The durable write, then the cache: both inside the shield, so a caller
+        cancelled mid-write cannot leave a committed event out of the cache."""
+        try:
+            stored = await self.store.add_event(ev)
+        except BaseException:
+            if self.user_cache is not None:  # the write may or may not have committed
+                self.user_cache.invalidate(ev.user_id)
+            raise
+        if self.user_cache is not None:
+            if stored:
+                self.user_cache.record(ev)
+            else:  # a retry of a stored event: the cache may predate it, read it again
+                self.user_cache.invalidate(ev.user_id)
+        return stored
+
+    async def _forget(self, user_id: str) -> tuple[int, int]:
+        try:
+            return await self.store.forget_user(user_id)
+        finally:
+            if self.user_cache is not None:
+                self.user_cache.invalidate(user_id)
 
     def _timeout(self, deadline: float | None, margin: float = 0.0) -> float | None:
         return None if deadline is None else max(0.001, deadline - time.monotonic() - margin)
 
-    async def _call_worker(self, method: str, msg: object, deadline: float | None) -> Any:
+    async def _call_worker(
+        self, method: str, msg: object, deadline: float | None, shard: int | None = None
+    ) -> Any:
         """A unary worker call on the least-loaded worker; retried once on another
         worker if the first is unreachable (these calls have no side effects)."""
         tried: set[str] = set()
         for attempt in range(RANK_ATTEMPTS):
-            w = self.pool.pick(avoid=tried)
+            w = self.pool.pick(avoid=tried, shard=shard)
             w.in_flight += 1
             try:
                 assert w.stub is not None
+                if method == "Rank" and self.rank_batcher is not None:
+                    return await self.rank_batcher.rank(w, msg, self._timeout(deadline))  # type: ignore[arg-type]
                 return await getattr(w.stub, method)(msg, timeout=self._timeout(deadline))
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
@@ -168,17 +220,48 @@ class RecommenderService(pbg.RecommenderServicer):
                 w.in_flight -= 1
         raise NoWorkerAvailable(f"no worker could answer {method}")  # pragma: no cover
 
+    async def _ask(self, method: str, msg: Any, deadline: float | None) -> Any:
+        """Rank or Similar: one worker's answer, or with a sharded catalog one worker of every
+        shard asked in parallel and their answers merged into the one-index answer
+        (server/shards.py). No shard may be missing: a partial answer would drop its items
+        silently, so a shard without a healthy worker is UNAVAILABLE, named."""
+        n = self.pool.shards
+        if n <= 1:
+            return await self._call_worker(method, msg, deadline)
+        merge = merge_rank if method == "Rank" else merge_similar
+        for attempt in range(2):
+            answers = await asyncio.gather(*(self._call_worker(method, msg, deadline, s) for s in range(n)))
+            try:
+                return merge(answers, msg.k)
+            except ShardMismatch as e:  # a hot swap reached some shards first: ask once more
+                if attempt:
+                    raise NoWorkerAvailable(str(e)) from e
+        raise AssertionError("unreachable")
+
     async def _rank(self, p: Prepared) -> wpb.RankResponse:
         c = p.req.context
         msg = wpb.RankRequest(
             history=[wpb.Interaction(item_id=i, weight=w) for i, w in p.history],
             exclude_item_ids=p.exclude,
             k=p.req.k,
-            context=wpb.RankContext(hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale),
+            context=wpb.RankContext(
+                hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale, intent=c.intent
+            ),
             include_categories=p.req.include_categories,
             exclude_categories=p.req.exclude_categories,
+            dismissed_item_ids=p.dismissed,
         )
-        return await self._call_worker("Rank", msg, p.deadline)
+        ranked: wpb.RankResponse = await self._ask("Rank", msg, p.deadline)
+        live = self.live_catalog
+        if live is not None and ranked.catalog_seq < live.seq:
+            # A worker behind the catalog log (restarted behind our back) would miss
+            # upserts and deletes: bring every lagging worker up, then ask again.
+            for w in self.pool.workers:
+                if w.healthy:
+                    live.worker_seq[w.name] = min(live.worker_seq.get(w.name, 0), ranked.catalog_seq)
+            await live.refresh()
+            ranked = await self._ask("Rank", msg, p.deadline)
+        return ranked
 
     async def _text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
         """Grounded text pieces, then one final message (always)."""
@@ -309,7 +392,7 @@ class RecommenderService(pbg.RecommenderServicer):
             )
             # Shielded: once the write has started, a cancelled caller must not
             # leave us unsure whether it committed; it completes either way.
-            stored = await asyncio.shield(self.store.add_event(ev))
+            stored = await asyncio.shield(self._store_event(ev))
             return pb.SendFeedbackResponse(stored=stored)
         raise AssertionError("unreachable")
 
@@ -323,11 +406,38 @@ class RecommenderService(pbg.RecommenderServicer):
                     raise NotFound(f"item_id {item_id!r} is not in the catalog")
                 remaining = context.time_remaining()
                 deadline = None if remaining is None else time.monotonic() + remaining
-                r = await self._call_worker("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
+                r = await self._ask("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
                 return pb.SimilarItemsResponse(
                     items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in r.items],
                     model_version=r.model_version,
                 )
+        raise AssertionError("unreachable")
+
+    def _live(self) -> LiveCatalog:
+        if self.live_catalog is None:  # pragma: no cover - serve always has one
+            raise NotFound("this gateway has no live catalog")
+        return self.live_catalog
+
+    async def UpsertItems(
+        self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertItemsResponse:
+        async with map_errors(context, "UpsertItems", self.metrics):
+            items = catalog_items_from_pb(request)
+            # Shielded like SendFeedback: once the change is written it is pushed to
+            # the workers whether or not the caller is still waiting.
+            added, updated, seq = await asyncio.shield(self._live().upsert(items))
+            LOG.info("catalog: %d items added, %d updated (seq %d)", added, updated, seq)
+            return pb.UpsertItemsResponse(added=added, updated=updated, catalog_seq=seq)
+        raise AssertionError("unreachable")
+
+    async def DeleteItems(
+        self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteItemsResponse:
+        async with map_errors(context, "DeleteItems", self.metrics):
+            ids = item_ids_from_pb(request)
+            deleted, seq = await asyncio.shield(self._live().delete(ids))
+            LOG.info("catalog: %d items deleted (seq %d)", deleted, seq)
+            return pb.DeleteItemsResponse(deleted=deleted, catalog_seq=seq)
         raise AssertionError("unreachable")
 
     async def ForgetUser(
@@ -335,7 +445,7 @@ class RecommenderService(pbg.RecommenderServicer):
     ) -> pb.ForgetUserResponse:
         async with map_errors(context, "ForgetUser", self.metrics):
             user_id = user_id_from_pb(request.user_id)
-            events, impressions = await asyncio.shield(self.store.forget_user(user_id))
+            events, impressions = await asyncio.shield(self._forget(user_id))
             LOG.info("forgot user %s: %d events, %d impressions", self.user_ids(user_id), events, impressions)
             return pb.ForgetUserResponse(events_deleted=events, impressions_deleted=impressions)
         raise AssertionError("unreachable")

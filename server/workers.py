@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from recgen.worker.v1 import worker_pb2_grpc
+from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from server.discovery import Discovery, WorkerTarget, parse_worker_addresses
 
 LOG = logging.getLogger(__name__)
@@ -115,6 +115,8 @@ class Worker:
     next_restart_at: float = 0.0
     backoff: float = 0.5
     retiring: bool = False  # gone from DNS: no new requests, closed once idle
+    shard: int = 0  # the catalog shard it ranks (local: assigned; remote: its Stats at admission)
+    shard_count: int = 1
 
     def connect(self) -> None:
         if self.local or self.address.startswith("unix:"):
@@ -146,8 +148,10 @@ class WorkerPool:
         tls: WorkerTls | None = None,
         insecure: bool = False,
         resolve_every: float = RESOLVE_EVERY_S,
+        shards: int = 1,
     ) -> None:
         self.spec = spec
+        self.shards = shards  # catalog shards: each request goes to one worker of every shard
         fixed, names = parse_worker_addresses(remote or [])
         tcp = [t.address for t in fixed if not t.is_unix] + [str(n) for n in names]
         if tcp and tls is None and not insecure:
@@ -167,7 +171,13 @@ class WorkerPool:
         self.socket_dir = Path(tempfile.mkdtemp(prefix="recgen-workers-"))  # 0700
         os.chmod(self.socket_dir, 0o700)
         self.workers: list[Worker] = [
-            Worker(f"local-{i}", f"unix:{self.socket_dir}/worker-{i}.sock", local=True)
+            Worker(
+                f"local-{i}",
+                f"unix:{self.socket_dir}/worker-{i}.sock",
+                local=True,
+                shard=i % shards,
+                shard_count=shards,
+            )
             for i in range(n_local)
         ]
         self._fixed_names = {t: f"remote-{i}" for i, t in enumerate(fixed)}
@@ -204,6 +214,8 @@ class WorkerPool:
         ]
         if s.version:
             cmd += ["--version", s.version]
+        if self.shards > 1:
+            cmd += ["--shard", f"{w.shard}/{self.shards}"]
         w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
         LOG.info("started worker %s (pid %d) on %s", w.name, w.proc.pid, w.address)
 
@@ -254,8 +266,34 @@ class WorkerPool:
         except grpc.aio.AioRpcError:
             return False
 
+    async def _learn_shard(self, w: Worker) -> bool:
+        """Ask the worker which catalog shard it ranks; False (not admitted) if it does not
+        fit this pool's sharding: it would answer for the wrong rows."""
+        assert w.stub is not None
+        try:
+            st = await w.stub.Stats(worker_pb2.StatsRequest(), timeout=5.0)
+            index, count = st.shard_index, max(1, st.shard_count)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                LOG.warning("worker %s not admitted: Stats failed: %s", w.name, e.code().name)
+                return False
+            index, count = 0, 1  # a worker from before sharding ranks everything
+        if count != self.shards:
+            LOG.error(
+                "worker %s ranks shard %d/%d but this gateway serves %d shard(s): not admitted",
+                w.name,
+                index,
+                count,
+                self.shards,
+            )
+            return False
+        w.shard, w.shard_count = index, count
+        return True
+
     async def _admit(self, w: Worker) -> bool:
         """Run the on_ready hook, then put the worker in rotation; False if the hook failed."""
+        if not await self._learn_shard(w):
+            return False
         if self.on_ready is not None:
             try:
                 await self.on_ready(w)
@@ -410,10 +448,16 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- choice
 
-    def pick(self, avoid: set[str] | None = None) -> Worker:
-        """The healthy worker with the fewest requests in flight."""
-        live = [w for w in self.workers if w.healthy and w.name not in (avoid or set())]
+    def pick(self, avoid: set[str] | None = None, shard: int | None = None) -> Worker:
+        """The healthy worker with the fewest requests in flight (of one catalog shard if given)."""
+        live = [
+            w
+            for w in self.workers
+            if w.healthy and w.name not in (avoid or set()) and (shard is None or w.shard == shard)
+        ]
         if not live:
+            if shard is not None:
+                raise NoWorkerAvailable(f"no healthy model worker for catalog shard {shard}/{self.shards}")
             raise NoWorkerAvailable("no healthy model worker")
         return min(live, key=lambda w: w.in_flight)
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recgen.repository import CatalogItem, ModelRepository, ModelVersion
+from worker.context import ContextModel, JobContext
 from worker.foldin import FoldIn
 from worker.metrics import Metrics
 from worker.onnx_session import providers_for
@@ -37,6 +38,8 @@ class WorkerConfig:
     max_queue: int = 256
     max_seqs: int = 32
     max_new_tokens: int = 48
+    shard_index: int = 0  # rank only catalog rows with row % shard_count == shard_index
+    shard_count: int = 1  # 1: the whole catalog
 
 
 @dataclass
@@ -49,6 +52,11 @@ class LoadedModel:
     llm_cfg: dict[str, Any] | None
     checker: Any | None  # worker.grounding.GroundingChecker
     categories: dict[str, np.ndarray] = field(default_factory=dict)  # lower-cased -> (n,) bool
+    # The version's text encoder and its map into MF space, loaded once and shared
+    # (intent at ranking time, item text for live catalog updates); None without one.
+    encoder: Any | None = None  # worker.encoder.TextEncoder
+    content_map: np.ndarray | None = None  # (e + 1, d)
+    content_rows: set[int] = field(default_factory=set)  # live-added rows: factors from their text
 
     def allowed_by_categories(self, include: list[str], exclude: list[str]) -> np.ndarray | None:
         """(n,) bool mask of items passing the category filters; None when there are none."""
@@ -87,7 +95,18 @@ class LoadedModel:
             scorer=Scorer(mv.file("scorer.onnx"), threads=cfg.threads, providers=providers),
             alpha=float(mf["alpha"]),
             metrics=metrics,
+            shard=(cfg.shard_index, cfg.shard_count),
         )
+        encoder = content_map = None
+        if (mv.path / "encoder" / "content_map.npy").is_file():
+            from worker.content_map import load_content_map
+            from worker.encoder import TextEncoder
+
+            encoder = TextEncoder(mv.path / "encoder", threads=cfg.threads, providers=providers)
+            content_map = load_content_map(
+                mv.path / "encoder" / "content_map.npy", dim=encoder.dim, factors=factors.shape[1]
+            )
+        ranker.context = ContextModel.load(mv.path, encoder, content_map)
         llm = llm_cfg = checker = None
         if (mv.path / "llm" / "llm.json").is_file():
             from worker.generation import Generator
@@ -127,6 +146,8 @@ class LoadedModel:
             llm_cfg,
             checker,
             categories,
+            encoder=encoder,
+            content_map=content_map,
         )
 
     def warmup(self) -> None:
@@ -141,6 +162,14 @@ class LoadedModel:
             ]
         )
         assert len(res) == 2 and res[1].rows.size > 0, "warm-up ranking returned nothing"
+        if self.ranker.context is not None:  # the context path too (the encoder, when intent is on)
+            ctx = JobContext(hour=20, weekday=5, intent="something funny")
+            self.ranker.rank(
+                [
+                    RankJob(empty, np.zeros(0, np.float32), empty, 10, context=ctx),
+                    RankJob(hist, np.ones(hist.size, np.float32), empty, 10, context=ctx),
+                ]
+            )
         if self.llm is not None and self.llm_cfg is not None:
             self.llm.start()
             self.llm.generate_alone(

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from worker.context import ContextModel, JobContext
+from worker.dismissal import DEMOTION, MAX_DISMISSED, SIMILAR_FROM, demote_neighbours
 from worker.foldin import FoldIn
 from worker.metrics import Metrics
 from worker.retrieval import Retriever
@@ -25,6 +27,7 @@ from worker.scoring import Scorer
 LOG = logging.getLogger(__name__)
 
 RERANK_MIN = 50  # candidates the scorer sees per user, at least (room for context re-ranking)
+COLD_POOL = 1000  # most popular items a cold user's context may re-rank
 
 
 @dataclass
@@ -35,6 +38,8 @@ class RankJob:
     k: int
     include_seen: bool = False
     allowed: np.ndarray | None = None  # (n,) bool: category filter; None = every item
+    context: JobContext = field(default_factory=JobContext)
+    dismissed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # neighbours sink
 
 
 @dataclass
@@ -43,6 +48,11 @@ class RankResult:
     scores: np.ndarray  # (≤k,) float32
     batch_size: int = 1
     cold_start: bool = False
+    # Sharded rankers only (server/shards.py merges the shards' answers exactly):
+    pool_keys: np.ndarray | None = None  # (≤k,) float32 candidate-pool key of each row, higher first
+    near: np.ndarray | None = None  # (≤k,) float32 nearness to a dismissed item, 0..1
+    pool: int = 0  # 0: rows are this shard's top k; > 0: its whole pool, the merge takes the top `pool`
+    demotion: float = 0.0  # the merge demotes by demotion · pool score spread · near
 
 
 @dataclass
@@ -54,26 +64,70 @@ class Ranker:
     scorer: Scorer
     alpha: float  # confidence slope: c = 1 + α·w, as in training
     metrics: Metrics = field(default_factory=Metrics)
+    context: ContextModel | None = None  # what the version learned of context; None: ignored
+    # (index, count): rank only rows with row % count == index. Every shard keeps all the item
+    # factors (fold-in reads any history item's) and the global popularity, so its scores are
+    # comparable with the other shards' and server/shards.py merges them into the one-index answer.
+    shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
+        self.deleted = np.zeros(self.n_items, dtype=bool)  # live catalog: removed items
+        self.deleted_rows = np.zeros(0, dtype=np.int64)
+        self._derive()
+        if self.sharded and self.retriever.shard != self.shard:
+            self.retriever.keep_shard(self.factors, *self.shard)
+
+    @property
+    def sharded(self) -> bool:
+        return self.shard[1] > 1
+
+    def _derive(self) -> None:
+        """Arrays computed from factors and popularity (again after live appends)."""
         self.pop_order = np.argsort(-self.popularity, kind="stable")
         norms = np.linalg.norm(self.factors, axis=1, keepdims=True)
         self.unit = (self.factors / np.maximum(norms, 1e-12)).astype(np.float32)  # for cosine
         top = max(float(self.popularity.max(initial=0.0)), 1.0)
         self.pop_score = (self.popularity / top).astype(np.float32)
+        self.owned = np.arange(self.n_items) % self.shard[1] == self.shard[0]  # (n,) bool
+        self.pop_rank = np.empty(self.n_items, np.int64)  # row -> place in the global popularity order
+        self.pop_rank[self.pop_order] = np.arange(self.n_items)
 
     @property
     def n_items(self) -> int:
         return int(self.factors.shape[0])
 
+    # ------------------------------------------------------------ live catalog
+
+    def append_items(self, vectors: np.ndarray) -> None:
+        """New items (rows n.. n+m-1) with stand-in factors and no popularity.
+
+        The fold-in Gram matrix YᵀY stays the trained items': training would
+        have shrunk the factor of an item nobody interacted with towards zero,
+        so a stand-in factor (a prediction of where the item's fans are) must
+        not also count as negative evidence against every user."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.factors = np.vstack([self.factors, vectors])
+        self.popularity = np.concatenate([self.popularity, np.zeros(len(vectors), np.float32)])
+        self.deleted = np.concatenate([self.deleted, np.zeros(len(vectors), dtype=bool)])
+        self.foldin.factors = self.factors  # history lookups reach the new rows; gram unchanged
+        self.retriever.add(vectors)
+        self._derive()
+
+    def set_deleted(self, rows: np.ndarray, deleted: bool) -> None:
+        self.deleted[rows] = deleted
+        self.deleted_rows = np.flatnonzero(self.deleted).astype(np.int64)
+
     def rank(self, jobs: Sequence[RankJob]) -> list[RankResult]:
         results: list[RankResult | None] = [None] * len(jobs)
         warm = [i for i, j in enumerate(jobs) if j.history_rows.size]
+        # (B, d) unit intent vectors, one encoder call for the batch; None: no intent applies.
+        q = None if self.context is None else self.context.intent_vectors([j.context.intent for j in jobs])
         for i, j in enumerate(jobs):
             if not j.history_rows.size:
-                results[i] = self._cold(j, len(jobs))
+                results[i] = self._cold(j, len(jobs), None if q is None else q[i])
         if warm:
-            for i, r in zip(warm, self._warm([jobs[i] for i in warm], len(jobs)), strict=True):
+            qw = None if q is None else q[warm]
+            for i, r in zip(warm, self._warm([jobs[i] for i in warm], len(jobs), qw), strict=True):
                 results[i] = r
         return [r for r in results if r is not None]
 
@@ -84,7 +138,7 @@ class Ranker:
         filtered requests are scored exactly: O(items · d) for that request.
         """
         scores = self.factors @ user  # (n,)
-        scores = np.where(allowed, scores, -np.inf)
+        scores = np.where(allowed & self.owned, scores, -np.inf)
         scores[banned] = -np.inf
         n_ok = int(np.isfinite(scores).sum())
         if n_ok == 0:
@@ -96,51 +150,135 @@ class Ranker:
         """The k items with the highest cosine to `row` (itself excluded)."""
         sims = self.unit @ self.unit[row]  # (n,)
         sims[row] = -np.inf
-        k = min(k, self.n_items - 1)
+        sims[self.deleted_rows] = -np.inf
+        if self.sharded:
+            sims[~self.owned] = -np.inf
+        k = min(k, int(np.isfinite(sims).sum()))
+        if k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
         top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top], kind="stable")]
         return top.astype(np.int64), sims[top].astype(np.float32)
 
-    def _cold(self, job: RankJob, batch: int) -> RankResult:
-        banned = np.zeros(self.n_items, dtype=bool) if job.allowed is None else ~job.allowed
+    def _cold(self, job: RankJob, batch: int, q: np.ndarray | None = None) -> RankResult:
+        banned = self.deleted.copy() if job.allowed is None else ~job.allowed | self.deleted
         banned[job.exclude_rows] = True
-        rows = self.pop_order[~banned[self.pop_order]][: job.k]
+        ranked = self.pop_order[~banned[self.pop_order]]
+        if self.context is not None:
+            # Context re-ranks the most popular items (log popularity + learned context terms).
+            pool = ranked[: max(COLD_POOL, job.k)][None, :]  # (1, P)
+            qb = None if q is None else q[None, :]
+            s = self.context.cold_scores(np.log1p(self.popularity[pool]), self.unit, pool, [job.context], qb)
+            if s is not None:
+                if job.dismissed_rows.size:
+                    s = demote_neighbours(s, pool, self.unit, [job.dismissed_rows])
+                return self._cold_pick(pool[0], s[0], job.k, batch)
+        if job.dismissed_rows.size:  # re-rank a pool of popular items with the neighbours demoted
+            pool = ranked[: max(COLD_POOL, job.k)][None, :]
+            s = demote_neighbours(self.pop_score[pool], pool, self.unit, [job.dismissed_rows])
+            return self._cold_pick(pool[0], s[0], job.k, batch)
+        if self.sharded:  # the owned rows in the global popularity order; key: that order
+            rows = ranked[self.owned[ranked]][: job.k]
+            keys = -self.pop_rank[rows].astype(np.float32)
+            return RankResult(rows.astype(np.int64), self.pop_score[rows], batch, True, pool_keys=keys)
+        rows = ranked[: job.k]
         return RankResult(rows.astype(np.int64), self.pop_score[rows], batch, cold_start=True)
 
-    def _warm(self, jobs: list[RankJob], batch: int) -> list[RankResult]:
+    def _cold_pick(self, pool: np.ndarray, s: np.ndarray, k: int, batch: int) -> RankResult:
+        """The top k of a re-scored cold pool (P,) with scores (P,). The pool is the global one
+        (every shard knows the global popularity) and scored whole, so a shard keeps exactly the
+        scores one ranker would give; it then answers only its own rows, keyed by pool place."""
+        o = np.argsort(-s, kind="stable")
+        if self.sharded:
+            o = o[self.owned[pool[o]]][:k]
+            keys = -o.astype(np.float32)
+            return RankResult(pool[o].astype(np.int64), s[o].astype(np.float32), batch, True, pool_keys=keys)
+        o = o[:k]
+        return RankResult(pool[o].astype(np.int64), s[o].astype(np.float32), batch, cold_start=True)
+
+    def _warm(self, jobs: list[RankJob], batch: int, q: np.ndarray | None = None) -> list[RankResult]:
         t0 = time.perf_counter()
         users = self.foldin.user_vectors(
             [(j.history_rows, 1.0 + self.alpha * j.history_weights) for j in jobs]
         )  # (B, d)
+        if self.context is not None:
+            users = self.context.blend_users(users, q)  # toward the intent, before retrieval
         t1 = time.perf_counter()
-        banned_counts = [j.exclude_rows.size + (0 if j.include_seen else j.history_rows.size) for j in jobs]
+        n_del = self.deleted_rows.size
+        banned_counts = [
+            n_del + j.exclude_rows.size + (0 if j.include_seen else j.history_rows.size) for j in jobs
+        ]
         fetch = max(max(j.k, RERANK_MIN) + b for j, b in zip(jobs, banned_counts, strict=True))
-        _, cand = self.retriever.search(users, fetch)  # (B, fetch)
+        cand_ip, cand = self.retriever.search(users, fetch)  # (B, fetch)
         t2 = time.perf_counter()
 
         c = max(RERANK_MIN, max(j.k for j in jobs))
         picked = np.full((len(jobs), c), -1, dtype=np.int64)
+        keys = np.full((len(jobs), c), -np.inf, dtype=np.float32)  # inner products: the pool's order
         for b, j in enumerate(jobs):
-            banned = j.exclude_rows if j.include_seen else np.concatenate([j.exclude_rows, j.history_rows])
+            banned = np.concatenate(
+                [self.deleted_rows, j.exclude_rows, *([] if j.include_seen else [j.history_rows])]
+            )
             if j.allowed is not None:
                 row = self._exact_allowed(users[b], j.allowed, banned, c)
+                ip = (self.factors[row] @ users[b]).astype(np.float32)
             else:
-                row = cand[b]
-            keep = row[(row >= 0) & ~np.isin(row, banned)][:c]
+                row, ip = cand[b], cand_ip[b]
+            ok = (row >= 0) & ~np.isin(row, banned)
+            # Each job's own pool size, so its answer does not depend on the batch it landed in.
+            keep = row[ok][: max(RERANK_MIN, j.k)]
             picked[b, : keep.size] = keep
+            keys[b, : keep.size] = ip[ok][: keep.size]
         valid = picked >= 0
         item_vecs = self.factors[np.where(valid, picked, 0)]  # (B, C, d)
         scores = self.scorer.score(users, item_vecs)  # (B, C)
-        t3 = time.perf_counter()
-        scores = np.where(valid, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")
-        out = []
-        for b, j in enumerate(jobs):
-            o = order[b, : j.k]
-            o = o[np.isfinite(scores[b, o])]
-            out.append(RankResult(picked[b, o], scores[b, o].astype(np.float32), batch))
+        if self.context is not None:
+            hours = np.asarray([j.context.hour for j in jobs], np.int64)
+            days = np.asarray([j.context.weekday for j in jobs], np.int64)
+            term = self.context.time_term("warm", hours, days, picked)  # (B, C) or None
+            scores = scores if term is None else scores + term
+        if self.sharded:  # the merge demotes: the score spread is the whole pool's, across shards
+            t3 = time.perf_counter()
+            out = [self._shard_pool(b, j, picked, keys, scores, batch) for b, j in enumerate(jobs)]
+        else:
+            if any(j.dismissed_rows.size for j in jobs):
+                scores = demote_neighbours(
+                    scores, np.where(valid, picked, -1), self.unit, [j.dismissed_rows for j in jobs]
+                )
+            t3 = time.perf_counter()
+            scores = np.where(valid, scores, -np.inf)
+            order = np.argsort(-scores, axis=1, kind="stable")
+            out = []
+            for b, j in enumerate(jobs):
+                o = order[b, : j.k]
+                o = o[np.isfinite(scores[b, o])]
+                out.append(RankResult(picked[b, o], scores[b, o].astype(np.float32), batch))
         m = self.metrics
         m.observe("foldin_seconds", t1 - t0)
         m.observe("retrieval_seconds", t2 - t1)
         m.observe("scoring_seconds", t3 - t2)
         return out
+
+    def _shard_pool(
+        self, b: int, j: RankJob, picked: np.ndarray, keys: np.ndarray, scores: np.ndarray, batch: int
+    ) -> RankResult:
+        """A shard's whole warm pool for job b: its rows, their scores before any dismissal
+        demotion, retrieval keys and nearness to the dismissed items (server/shards.py ranks the
+        union of the shards' pools as the one index's pool, then demotes and takes the top k)."""
+        valid = np.flatnonzero(picked[b] >= 0)
+        rows = picked[b, valid]
+        near = np.zeros(rows.size, np.float32)
+        if j.dismissed_rows.size and rows.size:
+            sim = (self.unit[rows] @ self.unit[j.dismissed_rows[:MAX_DISMISSED]].T).max(axis=1)
+            near = np.clip((sim - SIMILAR_FROM) / (1.0 - SIMILAR_FROM), 0.0, 1.0).astype(np.float32)
+        s = scores[b, valid].astype(np.float32)
+        o = np.argsort(-s, kind="stable")
+        return RankResult(
+            rows[o],
+            s[o],
+            batch,
+            pool_keys=keys[b, valid][o],
+            near=near[o],
+            pool=max(RERANK_MIN, j.k),
+            demotion=DEMOTION if j.dismissed_rows.size else 0.0,
+        )

@@ -8,16 +8,21 @@ else: QueueFull → RESOURCE_EXHAUSTED, DeadlineExpired → DEADLINE_EXCEEDED.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
 
+from recgen.repository import CatalogItem
 from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker.batcher import Batcher, DeadlineExpired, QueueFull
+from worker.context import JobContext
+from worker.live_catalog import CatalogGap, Change, LiveCatalog
 from worker.metrics import Metrics
 from worker.model import LoadedModel, WorkerConfig
 from worker.ranking import RankJob, RankResult
@@ -42,38 +47,68 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def _job_context(request: worker_pb2.RankRequest) -> JobContext:
+    """The request's context; an unset message means none (its zeros are not hour 0, Monday)."""
+    if not request.HasField("context"):
+        return JobContext()
+    c = request.context
+    return JobContext(hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale, intent=c.intent)
+
+
+def _rank_by_version(jobs: Sequence[tuple[LoadedModel, RankJob]]) -> list[RankResult]:
+    """One batch may straddle a hot swap: each job is ranked by the version it was built for."""
+    out: list[RankResult | None] = [None] * len(jobs)
+    for model in {id(m): m for m, _ in jobs}.values():
+        idx = [i for i, (m, _) in enumerate(jobs) if m is model]
+        for i, r in zip(idx, model.ranker.rank([jobs[i][1] for i in idx]), strict=True):
+            out[i] = r
+    return [r for r in out if r is not None]
+
+
+def _failed(code: grpc.StatusCode, message: str) -> worker_pb2.RankOutcome:
+    return worker_pb2.RankOutcome(code=code.value[0], message=message)
+
+
 class WorkerService(worker_pb2_grpc.WorkerServicer):
     def __init__(self, model: LoadedModel, cfg: WorkerConfig, metrics: Metrics) -> None:
-        self.model = model
+        self.model = model  # replaced whole by worker/swap.py; read it once per request
         self.cfg = cfg
         self.metrics = metrics
-        self.rank_batcher: Batcher[RankJob, RankResult] = Batcher(
-            model.ranker.rank,
+        self.live = LiveCatalog()
+        self.catalog_lock = asyncio.Lock()
+        # The one thread that runs ranking batches and every catalog mutation, so a
+        # batch never sees a catalog half changed.
+        self.model_executor = ThreadPoolExecutor(1, thread_name_prefix="batch-rank")
+        self.rank_batcher: Batcher[tuple[LoadedModel, RankJob], RankResult] = Batcher(
+            _rank_by_version,
             name="rank",
             max_batch=cfg.max_batch,
             max_delay=cfg.max_delay,
             max_queue=cfg.max_queue,
             metrics=metrics,
+            executor=self.model_executor,
         )
 
-    def _rows(self, ids: list[str]) -> np.ndarray:
-        index = self.model.item_index
+    def _rows(self, ids: list[str], model: LoadedModel | None = None) -> np.ndarray:
+        index = (model or self.model).item_index
         # Unknown ids are skipped, not errors: an item may have left the catalog
         # between the user's event and this request.
         return np.asarray([index[i] for i in ids if i in index], dtype=np.int64)
 
-    def _job(self, request: worker_pb2.RankRequest) -> RankJob:
-        index = self.model.item_index
+    def _job(self, request: worker_pb2.RankRequest, model: LoadedModel) -> RankJob:
+        index = model.item_index
         hist = [(index[h.item_id], h.weight) for h in request.history if h.item_id in index and h.weight > 0]
         return RankJob(
             history_rows=np.asarray([r for r, _ in hist], dtype=np.int64),
             history_weights=np.asarray([w for _, w in hist], dtype=np.float32),
-            exclude_rows=self._rows(list(request.exclude_item_ids)),
+            exclude_rows=self._rows(list(request.exclude_item_ids), model),
             k=request.k,
             include_seen=request.include_seen,
-            allowed=self.model.allowed_by_categories(
+            allowed=model.allowed_by_categories(
                 list(request.include_categories), list(request.exclude_categories)
             ),
+            context=_job_context(request),
+            dismissed_rows=self._rows(list(request.dismissed_item_ids), model),
         )
 
     async def Rank(
@@ -82,21 +117,66 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self.metrics.inc("rank_requests")
         if not 1 <= request.k <= MAX_K:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
+        model = self.model
         try:
-            res = await self.rank_batcher.submit(self._job(request), _deadline(context))
+            res = await self.rank_batcher.submit((model, self._job(request, model)), _deadline(context))
         except QueueFull as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
         except DeadlineExpired as e:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-        catalog = self.model.catalog
-        return worker_pb2.RankResponse(
-            items=[
+        return self._rank_reply(model, res)
+
+    def _rank_reply(self, model: LoadedModel, res: RankResult) -> worker_pb2.RankResponse:
+        catalog = model.catalog
+        if res.pool_keys is not None:  # a shard's answer: what server/shards.py merges by
+            n = res.rows.size
+            near = res.near if res.near is not None else np.zeros(n, np.float32)
+            items = [
+                worker_pb2.RankedItem(
+                    item_id=catalog[r].item_id, title=catalog[r].title, score=s, row=r, pool_key=key, near=e
+                )
+                for r, s, key, e in zip(
+                    res.rows.tolist(), res.scores.tolist(), res.pool_keys.tolist(), near.tolist(), strict=True
+                )
+            ]
+        else:
+            items = [
                 worker_pb2.RankedItem(item_id=catalog[r].item_id, title=catalog[r].title, score=float(s))
                 for r, s in zip(res.rows.tolist(), res.scores.tolist(), strict=True)
-            ],
-            model_version=self.model.name,
+            ]
+        return worker_pb2.RankResponse(
+            items=items,
+            model_version=model.name,
             batch_size=res.batch_size,
+            catalog_seq=self.live.applied_seq,
+            pool=res.pool,
+            demotion=res.demotion,
         )
+
+    async def _rank_outcome(
+        self, request: worker_pb2.RankRequest, deadline: float | None
+    ) -> worker_pb2.RankOutcome:
+        """One request of a RankBatch, with the status its own Rank call would have had."""
+        self.metrics.inc("rank_requests")
+        if not 1 <= request.k <= MAX_K:
+            return _failed(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
+        model = self.model
+        try:
+            res = await self.rank_batcher.submit((model, self._job(request, model)), deadline)
+        except QueueFull as e:
+            return _failed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except DeadlineExpired as e:
+            return _failed(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        return worker_pb2.RankOutcome(response=self._rank_reply(model, res))
+
+    async def RankBatch(
+        self, request: worker_pb2.RankBatchRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.RankBatchResponse:
+        # Every request goes into the same rank batcher as a Rank call does; the
+        # gateway has coalesced them already, so they mostly land in one batch.
+        deadline = _deadline(context)
+        outcomes = await asyncio.gather(*(self._rank_outcome(r, deadline) for r in request.requests))
+        return worker_pb2.RankBatchResponse(outcomes=outcomes)
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -113,8 +193,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 grpc.StatusCode.FAILED_PRECONDITION, f"model version {m.name} has no language model"
             )
         assert llm is not None and checker is not None  # abort raised otherwise
-        recs = self._rows(list(request.recommended_item_ids))[:SHOW_RECOMMENDED]
-        hist = self._rows(list(request.history_item_ids))[:SHOW_HISTORY]
+        recs = self._rows(list(request.recommended_item_ids), m)[:SHOW_RECOMMENDED]
+        hist = self._rows(list(request.history_item_ids), m)[:SHOW_HISTORY]
         if recs.size == 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "recommended_item_ids has no item of this catalog"
@@ -170,19 +250,42 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         if not 1 <= request.k <= MAX_K:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
         row = m.item_index.get(request.item_id)
-        if row is None:
+        if row is None or m.ranker.deleted[row]:
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"item_id {request.item_id!r} is not in the catalog"
             )
         assert row is not None  # abort raised otherwise
-        rows, sims = m.ranker.similar(row, request.k)
+        loop = asyncio.get_running_loop()
+        rows, sims = await loop.run_in_executor(self.model_executor, m.ranker.similar, row, request.k)
         return worker_pb2.SimilarResponse(
             items=[
-                worker_pb2.RankedItem(item_id=m.catalog[r].item_id, title=m.catalog[r].title, score=float(s))
+                worker_pb2.RankedItem(
+                    item_id=m.catalog[r].item_id, title=m.catalog[r].title, score=float(s), row=r
+                )
                 for r, s in zip(rows.tolist(), sims.tolist(), strict=True)
             ],
             model_version=m.name,
         )
+
+    async def ApplyCatalog(
+        self, request: worker_pb2.ApplyCatalogRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.ApplyCatalogResponse:
+        changes = [
+            Change(
+                seq=c.seq,
+                delete=c.delete,
+                item=CatalogItem(c.item_id, c.title, c.text, tuple(c.categories)),
+            )
+            for c in request.changes
+        ]
+        loop = asyncio.get_running_loop()
+        async with self.catalog_lock:
+            model = self.model
+            try:
+                seq = await loop.run_in_executor(self.model_executor, self.live.apply, model, changes)
+            except CatalogGap as e:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return worker_pb2.ApplyCatalogResponse(applied_seq=seq, model_version=model.name)
 
     async def Stats(
         self, request: worker_pb2.StatsRequest, context: grpc.aio.ServicerContext
@@ -201,6 +304,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         return worker_pb2.StatsResponse(
             model_version=self.model.name,
             queue_depth=self.rank_batcher.depth,
+            shard_index=self.cfg.shard_index,
+            shard_count=self.cfg.shard_count,
             counters=counters,
             histograms={
                 name: worker_pb2.Histogram(bounds=list(h.bounds), counts=h.cumulative(), sum=h.sum)
