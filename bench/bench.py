@@ -816,7 +816,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
                 "*",
                 color=color,
                 ms=9,
-                label=f"{row['name']} norm-bounded exact (suggestion)",
+                label=f"{row['name']} norm-bounded exact, head-share sweep",
             )
     if rows:
         ax.axvline(0.95, color="k", lw=0.6, ls=":")
