@@ -12,7 +12,8 @@ current turn of the event loop to end.
 Each request keeps its own outcome: the worker answers every request with
 the status its own Rank call would have had, and a failure of the whole RPC
 (UNAVAILABLE, a deadline) reaches every request in it as that RPC error, so
-`RecommenderService._call_worker` retries each on another worker as before.
+`WorkerCalls.call_worker` (server/worker_calls.py) retries each on another
+worker as before.
 
 What it does not do: choose workers (the caller passes the one it picked),
 retry, or change any request. A worker that does not know RankBatch (an

@@ -1,10 +1,13 @@
 """The public servicer, recgen.v1.Recommender: validate → user state → worker → reply.
 
 A request's path reads top-down here: `_prepare` validates and loads the
-user's state from the store, `_rank` asks the least-loaded worker (retrying
-on another one if the first is unreachable: ranking is side-effect free),
-`_text` streams the grounded text from a worker, and the answer is logged as
-an impression. Errors become status codes in `server/errors.py`.
+user's state from the store, `worker_calls.rank` asks a worker (retrying on
+another one if the first is unreachable: ranking is side-effect free),
+`worker_calls.text` streams the grounded text from a worker, and the answer
+is logged as an impression. Errors become status codes in `server/errors.py`.
+
+What it does not do: pick, call or retry workers, fan out to shards, or keep
+the text inside the deadline (server/worker_calls.py).
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Container
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
@@ -29,11 +30,9 @@ from server.metrics import GatewayMetrics
 from server.privacy import UserIdPolicy
 from server.rank_batch import RankBatcher
 from server.ratelimit import RateLimiter
-from server.shards import ShardMismatch, merge_rank, merge_similar
 from server.state import Event, StateStore
 from server.user_state_cache import UserState, UserStateCache
 from server.validation import (
-    Recommendation,
     catalog_items_from_pb,
     feedback_from_pb,
     item_ids_from_pb,
@@ -41,12 +40,10 @@ from server.validation import (
     similar_from_pb,
     user_id_from_pb,
 )
-from server.workers import NoWorkerAvailable, WorkerPool
+from server.worker_calls import Prepared, WorkerCalls
+from server.workers import WorkerPool
 
 LOG = logging.getLogger(__name__)
-
-TEXT_MARGIN_S = 0.05  # stop the text this long before the caller's deadline, to answer in time
-RANK_ATTEMPTS = 2
 
 _TEXT_STATUS = {
     wpb.STOP_REASON_EOS: pb.TEXT_STATUS_COMPLETE,
@@ -54,16 +51,6 @@ _TEXT_STATUS = {
     wpb.STOP_REASON_UNGROUNDED: pb.TEXT_STATUS_UNGROUNDED,
     wpb.STOP_REASON_DEADLINE: pb.TEXT_STATUS_CUT_SHORT,
 }
-
-
-@dataclass
-class Prepared:
-    req: Recommendation
-    request_id: str
-    history: list[tuple[str, float]]  # (item_id, weight) newest first
-    exclude: list[str]
-    dismissed: list[str]
-    deadline: float | None  # monotonic
 
 
 class Admission:
@@ -99,11 +86,10 @@ class RecommenderService(pbg.RecommenderServicer):
         user_cache: UserStateCache | None = None,
         rank_batcher: RankBatcher | None = None,
     ) -> None:
-        self.rank_batcher = rank_batcher  # None: one Rank RPC per request
+        self.worker_calls = WorkerCalls(pool, rank_batcher=rank_batcher, live_catalog=live_catalog)
         self.live_catalog = live_catalog
         self.user_cache = user_cache  # None: every Recommend reads the store (several writers)
         self.store = store
-        self.pool = pool
         self.catalog_ids = catalog_ids
         self.semantics = semantics or Semantics()
         self.admission = Admission(max_in_flight)
@@ -193,114 +179,6 @@ class RecommenderService(pbg.RecommenderServicer):
             if self.user_cache is not None:
                 self.user_cache.invalidate(user_id)
 
-    def _timeout(self, deadline: float | None, margin: float = 0.0) -> float | None:
-        return None if deadline is None else max(0.001, deadline - time.monotonic() - margin)
-
-    async def _call_worker(
-        self, method: str, msg: object, deadline: float | None, shard: int | None = None
-    ) -> Any:
-        """A unary worker call on the least-loaded worker; retried once on another
-        worker if the first is unreachable (these calls have no side effects)."""
-        tried: set[str] = set()
-        for attempt in range(RANK_ATTEMPTS):
-            w = self.pool.pick(avoid=tried, shard=shard)
-            w.in_flight += 1
-            try:
-                assert w.stub is not None
-                if method == "Rank" and self.rank_batcher is not None:
-                    return await self.rank_batcher.rank(w, msg, self._timeout(deadline))  # type: ignore[arg-type]
-                return await getattr(w.stub, method)(msg, timeout=self._timeout(deadline))
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
-                    raise
-                self.pool.mark_failed(w)
-                tried.add(w.name)
-                LOG.warning("%s on %s failed (%s): retrying elsewhere", method, w.name, e.details())
-            finally:
-                w.in_flight -= 1
-        raise NoWorkerAvailable(f"no worker could answer {method}")  # pragma: no cover
-
-    async def _ask(self, method: str, msg: Any, deadline: float | None) -> Any:
-        """Rank or Similar: one worker's answer, or with a sharded catalog one worker of every
-        shard asked in parallel and their answers merged into the one-index answer
-        (server/shards.py). No shard may be missing: a partial answer would drop its items
-        silently, so a shard without a healthy worker is UNAVAILABLE, named."""
-        n = self.pool.shards
-        if n <= 1:
-            return await self._call_worker(method, msg, deadline)
-        merge = merge_rank if method == "Rank" else merge_similar
-        for attempt in range(2):
-            answers = await asyncio.gather(*(self._call_worker(method, msg, deadline, s) for s in range(n)))
-            try:
-                return merge(answers, msg.k)
-            except ShardMismatch as e:  # a hot swap reached some shards first: ask once more
-                if attempt:
-                    raise NoWorkerAvailable(str(e)) from e
-        raise AssertionError("unreachable")
-
-    async def _rank(self, p: Prepared) -> wpb.RankResponse:
-        c = p.req.context
-        msg = wpb.RankRequest(
-            history=[wpb.Interaction(item_id=i, weight=w) for i, w in p.history],
-            exclude_item_ids=p.exclude,
-            k=p.req.k,
-            context=wpb.RankContext(
-                hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale, intent=c.intent
-            ),
-            include_categories=p.req.include_categories,
-            exclude_categories=p.req.exclude_categories,
-            dismissed_item_ids=p.dismissed,
-        )
-        ranked: wpb.RankResponse = await self._ask("Rank", msg, p.deadline)
-        live = self.live_catalog
-        if live is not None and ranked.catalog_seq < live.seq:
-            # A worker behind the catalog log (restarted behind our back) would miss
-            # upserts and deletes: bring every lagging worker up, then ask again.
-            for w in self.pool.workers:
-                if w.healthy:
-                    live.worker_seq[w.name] = min(live.worker_seq.get(w.name, 0), ranked.catalog_seq)
-            await live.refresh()
-            ranked = await self._ask("Rank", msg, p.deadline)
-        return ranked
-
-    async def _text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
-        """Grounded text pieces, then one final message (always)."""
-        msg = wpb.GenerateRequest(
-            history_item_ids=[i for i, _ in p.history],
-            recommended_item_ids=items,
-            intent=p.req.context.intent,
-        )
-        try:
-            w = self.pool.pick()
-        except NoWorkerAvailable:
-            yield wpb.GenerateResponse(finished=True, reason="no worker available for text")
-            return
-        w.in_flight += 1
-        text = ""
-        try:
-            assert w.stub is not None
-            call = w.stub.Generate(msg, timeout=self._timeout(p.deadline, TEXT_MARGIN_S))
-            async for piece in call:
-                text += piece.text
-                yield piece
-                if piece.finished:
-                    return
-            yield wpb.GenerateResponse(finished=True, reason="text stream ended early")
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                yield wpb.GenerateResponse(
-                    finished=True,
-                    stop_reason=wpb.STOP_REASON_DEADLINE,
-                    reason="deadline reached while writing the text",
-                )
-            else:
-                if e.code() == grpc.StatusCode.UNAVAILABLE:
-                    self.pool.mark_failed(w)
-                LOG.warning("text generation failed on %s: %s %s", w.name, e.code(), e.details())
-                yield wpb.GenerateResponse(finished=True, reason=f"text unavailable: {e.code().name}")
-        finally:
-            w.in_flight -= 1
-
     def _response(self, p: Prepared, ranked: wpb.RankResponse) -> pb.RecommendResponse:
         return pb.RecommendResponse(
             request_id=p.request_id,
@@ -332,13 +210,13 @@ class RecommenderService(pbg.RecommenderServicer):
             with self.admission:
                 t0 = time.perf_counter()
                 p = await self._prepare(request, context)
-                ranked = await self._rank(p)
+                ranked = await self.worker_calls.rank(p)
                 t_rank = time.perf_counter()
                 resp = self._response(p, ranked)
                 self._log(p, ranked)
                 if p.req.explain and ranked.items:
                     text, final = "", wpb.GenerateResponse()
-                    async for piece in self._text(p, [i.item_id for i in ranked.items]):
+                    async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
                         text += piece.text
                         final = piece
                     self._finish(resp, text, final)
@@ -355,14 +233,14 @@ class RecommenderService(pbg.RecommenderServicer):
             with self.admission:
                 t0 = time.perf_counter()
                 p = await self._prepare(request.request, context)
-                ranked = await self._rank(p)
+                ranked = await self.worker_calls.rank(p)
                 t_rank = time.perf_counter()
                 first = self._response(p, ranked)
                 self._log(p, ranked)
                 yield pb.StreamRecommendResponse(items=first)
                 text, final = "", wpb.GenerateResponse(finished=True, reason="no items to present")
                 if ranked.items:
-                    async for piece in self._text(p, [i.item_id for i in ranked.items]):
+                    async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
                         if piece.text:
                             text += piece.text
                             yield pb.StreamRecommendResponse(text_piece=piece.text)
@@ -406,7 +284,7 @@ class RecommenderService(pbg.RecommenderServicer):
                     raise NotFound(f"item_id {item_id!r} is not in the catalog")
                 remaining = context.time_remaining()
                 deadline = None if remaining is None else time.monotonic() + remaining
-                r = await self._ask("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
+                r = await self.worker_calls.ask("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
                 return pb.SimilarItemsResponse(
                     items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in r.items],
                     model_version=r.model_version,

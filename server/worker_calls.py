@@ -1,0 +1,168 @@
+"""The gateway's calls to the workers: pick a worker, ask it, retry, keep the deadline.
+
+`rank` asks the least-loaded worker (retrying on another one if the first is
+unreachable: ranking is side-effect free), or with a sharded catalog one
+worker of every shard, merged (server/shards.py); `text` streams the grounded
+text from a worker and always ends with one final message. `Prepared` is what
+these calls know of a request.
+
+What it does not do: validate requests, read or write user state, or build
+the public replies (server/service.py); choose among workers
+(server/workers.py) or coalesce Rank calls (server/rank_batch.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from recgen.worker.v1 import worker_pb2 as wpb
+from server.catalog import LiveCatalog
+from server.rank_batch import RankBatcher
+from server.shards import ShardMismatch, merge_rank, merge_similar
+from server.validation import Recommendation
+from server.workers import NoWorkerAvailable, WorkerPool
+
+LOG = logging.getLogger(__name__)
+
+TEXT_MARGIN_S = 0.05  # stop the text this long before the caller's deadline, to answer in time
+RANK_ATTEMPTS = 2
+
+
+@dataclass
+class Prepared:
+    req: Recommendation
+    request_id: str
+    history: list[tuple[str, float]]  # (item_id, weight) newest first
+    exclude: list[str]
+    dismissed: list[str]
+    deadline: float | None  # monotonic
+
+
+class WorkerCalls:
+    """The worker pool seen from one gateway: every call a request makes to a worker."""
+
+    def __init__(
+        self,
+        pool: WorkerPool,
+        *,
+        rank_batcher: RankBatcher | None = None,
+        live_catalog: LiveCatalog | None = None,
+    ) -> None:
+        self.pool = pool
+        self.rank_batcher = rank_batcher  # None: one Rank RPC per request
+        self.live_catalog = live_catalog
+
+    def timeout(self, deadline: float | None, margin: float = 0.0) -> float | None:
+        return None if deadline is None else max(0.001, deadline - time.monotonic() - margin)
+
+    async def call_worker(
+        self, method: str, msg: object, deadline: float | None, shard: int | None = None
+    ) -> Any:
+        """A unary worker call on the least-loaded worker; retried once on another
+        worker if the first is unreachable (these calls have no side effects)."""
+        tried: set[str] = set()
+        for attempt in range(RANK_ATTEMPTS):
+            w = self.pool.pick(avoid=tried, shard=shard)
+            w.in_flight += 1
+            try:
+                assert w.stub is not None
+                if method == "Rank" and self.rank_batcher is not None:
+                    return await self.rank_batcher.rank(w, msg, self.timeout(deadline))  # type: ignore[arg-type]
+                return await getattr(w.stub, method)(msg, timeout=self.timeout(deadline))
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
+                    raise
+                self.pool.mark_failed(w)
+                tried.add(w.name)
+                LOG.warning("%s on %s failed (%s): retrying elsewhere", method, w.name, e.details())
+            finally:
+                w.in_flight -= 1
+        raise NoWorkerAvailable(f"no worker could answer {method}")  # pragma: no cover
+
+    async def ask(self, method: str, msg: Any, deadline: float | None) -> Any:
+        """Rank or Similar: one worker's answer, or with a sharded catalog one worker of every
+        shard asked in parallel and their answers merged into the one-index answer
+        (server/shards.py). No shard may be missing: a partial answer would drop its items
+        silently, so a shard without a healthy worker is UNAVAILABLE, named."""
+        n = self.pool.shards
+        if n <= 1:
+            return await self.call_worker(method, msg, deadline)
+        merge = merge_rank if method == "Rank" else merge_similar
+        for attempt in range(2):
+            answers = await asyncio.gather(*(self.call_worker(method, msg, deadline, s) for s in range(n)))
+            try:
+                return merge(answers, msg.k)
+            except ShardMismatch as e:  # a hot swap reached some shards first: ask once more
+                if attempt:
+                    raise NoWorkerAvailable(str(e)) from e
+        raise AssertionError("unreachable")
+
+    async def rank(self, p: Prepared) -> wpb.RankResponse:
+        c = p.req.context
+        msg = wpb.RankRequest(
+            history=[wpb.Interaction(item_id=i, weight=w) for i, w in p.history],
+            exclude_item_ids=p.exclude,
+            k=p.req.k,
+            context=wpb.RankContext(
+                hour=c.hour, weekday=c.weekday, device=c.device, locale=c.locale, intent=c.intent
+            ),
+            include_categories=p.req.include_categories,
+            exclude_categories=p.req.exclude_categories,
+            dismissed_item_ids=p.dismissed,
+        )
+        ranked: wpb.RankResponse = await self.ask("Rank", msg, p.deadline)
+        live = self.live_catalog
+        if live is not None and ranked.catalog_seq < live.seq:
+            # A worker behind the catalog log (restarted behind our back) would miss
+            # upserts and deletes: bring every lagging worker up, then ask again.
+            for w in self.pool.workers:
+                if w.healthy:
+                    live.worker_seq[w.name] = min(live.worker_seq.get(w.name, 0), ranked.catalog_seq)
+            await live.refresh()
+            ranked = await self.ask("Rank", msg, p.deadline)
+        return ranked
+
+    async def text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
+        """Grounded text pieces, then one final message (always)."""
+        msg = wpb.GenerateRequest(
+            history_item_ids=[i for i, _ in p.history],
+            recommended_item_ids=items,
+            intent=p.req.context.intent,
+        )
+        try:
+            w = self.pool.pick()
+        except NoWorkerAvailable:
+            yield wpb.GenerateResponse(finished=True, reason="no worker available for text")
+            return
+        w.in_flight += 1
+        text = ""
+        try:
+            assert w.stub is not None
+            call = w.stub.Generate(msg, timeout=self.timeout(p.deadline, TEXT_MARGIN_S))
+            async for piece in call:
+                text += piece.text
+                yield piece
+                if piece.finished:
+                    return
+            yield wpb.GenerateResponse(finished=True, reason="text stream ended early")
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                yield wpb.GenerateResponse(
+                    finished=True,
+                    stop_reason=wpb.STOP_REASON_DEADLINE,
+                    reason="deadline reached while writing the text",
+                )
+            else:
+                if e.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.pool.mark_failed(w)
+                LOG.warning("text generation failed on %s: %s %s", w.name, e.code(), e.details())
+                yield wpb.GenerateResponse(finished=True, reason=f"text unavailable: {e.code().name}")
+        finally:
+            w.in_flight -= 1
