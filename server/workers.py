@@ -10,7 +10,8 @@ worker out of rotation the moment its process exits or it stops answering
 health checks, restarts local ones with exponential backoff, and puts remote
 ones back once they answer again. A remote worker whose address vanishes
 from DNS is drained: no new requests, its channel closed once its calls end.
-This module does no model math and knows nothing of users.
+How one worker is reached and started (channels, TLS, its process) is in
+server/worker_conn.py. This module does no model math and knows nothing of users.
 """
 
 from __future__ import annotations
@@ -19,42 +20,24 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
-from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
+from recgen.worker.v1 import worker_pb2
 from server.discovery import Discovery, WorkerTarget, parse_worker_addresses
+from server.worker_conn import Worker, WorkerSpec, WorkerTls, spawn_local
+
+# Worker, WorkerSpec and WorkerTls are imported from here by the gateway and tests.
+__all__ = ["NoWorkerAvailable", "Worker", "WorkerPool", "WorkerSpec", "WorkerTls"]
 
 LOG = logging.getLogger(__name__)
 
 WORKER_SERVICE = "recgen.worker.v1.Worker"
-CHANNEL_OPTIONS = [
-    # A restarted worker must be reachable again within a second, not after
-    # gRPC's default reconnect backoff of up to two minutes.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-    ("grpc.max_receive_message_length", 8 << 20),
-]
-# A remote hop can go silent (a cut link, a frozen host) without any socket
-# closing. HTTP/2 keepalive pings find that within ~4 s and fail the calls in
-# flight with UNAVAILABLE, which Rank retries on another worker; without them
-# those calls would hang until their deadline. Workers accept pings this often.
-REMOTE_CHANNEL_OPTIONS = [
-    *CHANNEL_OPTIONS,
-    ("grpc.keepalive_time_ms", 2000),
-    ("grpc.keepalive_timeout_ms", 2000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
 # How often DNS names of remote workers are resolved again.
 RESOLVE_EVERY_S = 5.0
 # At start, how long to wait for remote workers that are not ready yet once one worker
@@ -70,73 +53,6 @@ CLOSE_GRACE_S = 2.0
 
 class NoWorkerAvailable(Exception):
     """No healthy worker can take the request."""
-
-
-@dataclass
-class WorkerSpec:
-    models: str
-    version: str | None
-    threads: int
-    max_new_tokens: int = 48
-    max_delay_ms: float = 2.0
-    extra_args: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class WorkerTls:
-    """The gateway's side of TLS to remote workers: the CA that signed their
-    certificates, and optionally its own client certificate (mutual TLS)."""
-
-    ca: str
-    cert: str | None = None
-    key: str | None = None
-    server_name: str | None = None  # check every worker's certificate against this name
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
-
-
-@dataclass
-class Worker:
-    name: str
-    address: str
-    local: bool
-    credentials: grpc.ChannelCredentials | None = None  # None: plaintext
-    server_name: str | None = None  # TLS name when it is not the host in address
-    proc: subprocess.Popen[bytes] | None = None
-    channel: grpc.aio.Channel | None = None
-    stub: worker_pb2_grpc.WorkerStub | None = None
-    health: health_pb2_grpc.HealthStub | None = None
-    healthy: bool = False
-    in_flight: int = 0
-    restarts: int = 0
-    failed_checks: int = 0
-    next_restart_at: float = 0.0
-    backoff: float = 0.5
-    retiring: bool = False  # gone from DNS: no new requests, closed once idle
-    shard: int = 0  # the catalog shard it ranks (local: assigned; remote: its Stats at admission)
-    shard_count: int = 1
-
-    def connect(self) -> None:
-        if self.local or self.address.startswith("unix:"):
-            self.channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-        elif self.credentials is None:
-            self.channel = grpc.aio.insecure_channel(self.address, options=REMOTE_CHANNEL_OPTIONS)
-        else:
-            # Dialled by IP, checked against the name the certificate carries (the DNS
-            # name it was found under): pod IPs change, the service name does not.
-            options: list[tuple[str, str | int]] = list(REMOTE_CHANNEL_OPTIONS)
-            if self.server_name:
-                options.append(("grpc.ssl_target_name_override", self.server_name))
-            self.channel = grpc.aio.secure_channel(self.address, self.credentials, options=options)
-        self.stub = worker_pb2_grpc.WorkerStub(self.channel)
-        self.health = health_pb2_grpc.HealthStub(self.channel)
-
-    async def close_channel(self, grace: float | None = None) -> None:
-        if self.channel is not None:
-            await self.channel.close(grace)
-            self.channel = None
 
 
 class WorkerPool:
@@ -191,37 +107,9 @@ class WorkerPool:
 
     # ---------------------------------------------------------------- lifecycle
 
-    def _spawn(self, w: Worker) -> None:
-        s = self.spec
-        cmd = [
-            sys.executable,
-            "-m",
-            "recgen.cli",
-            "worker",
-            "--models",
-            s.models,
-            "--listen",
-            w.address,
-            "--threads",
-            str(s.threads),
-            "--max-new-tokens",
-            str(s.max_new_tokens),
-            "--max-delay-ms",
-            str(s.max_delay_ms),
-            "--parent-pid",
-            str(os.getpid()),
-            *s.extra_args,
-        ]
-        if s.version:
-            cmd += ["--version", s.version]
-        if self.shards > 1:
-            cmd += ["--shard", f"{w.shard}/{self.shards}"]
-        w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-        LOG.info("started worker %s (pid %d) on %s", w.name, w.proc.pid, w.address)
-
     async def start(self, timeout: float = 600.0) -> None:
         for w in self.workers:
-            self._spawn(w)
+            spawn_local(w, self.spec, self.shards)
             w.connect()
         deadline = time.monotonic() + timeout
         for target in await self.discovery.targets():
@@ -325,7 +213,7 @@ class WorkerPool:
         # leaves the caller's RPC without any status until its deadline.
         await w.close_channel(grace=CLOSE_GRACE_S)
         w.restarts += 1
-        self._spawn(w)
+        spawn_local(w, self.spec, self.shards)
         w.connect()
         try:
             await self._wait_ready(w, time.monotonic() + 600.0)

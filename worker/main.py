@@ -109,7 +109,7 @@ async def serve_worker(args: argparse.Namespace) -> None:
             ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", 8 << 20),
             # The gateway pings remote workers every 2 s to find silent links
-            # (server/workers.py); gRPC's defaults would answer that with GOAWAY.
+            # (server/worker_conn.py); gRPC's defaults would answer that with GOAWAY.
             ("grpc.http2.min_ping_interval_without_data_ms", 1000),
             ("grpc.http2.max_ping_strikes", 0),
         ]
