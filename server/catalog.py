@@ -50,7 +50,10 @@ def _to_pb(ch: CatalogChange) -> wpb.CatalogChange:
     )
 
 
-class LiveCatalog:
+class CatalogSync:
+    """The gateway's view of the live catalog and the sync of its workers to the change
+    log (each worker applies the log with worker/live_catalog.py)."""
+
     def __init__(self, store: StateStore, pool: WorkerPool, models: Path | str, version: str | None) -> None:
         self.store = store
         self.pool = pool
@@ -110,14 +113,30 @@ class LiveCatalog:
     # ------------------------------------------------------------------ sync
 
     async def refresh(self) -> None:
-        """Fold new log entries into the view and push them to every worker in rotation."""
-        self._fold(await self.store.catalog_changes(self.seq))
-        behind = [w for w in self.pool.workers if w.healthy and self.worker_seq.get(w.name, 0) < self.seq]
+        """Push new log entries to every worker in rotation, then fold them into the view.
+
+        `seq` advances only after the push, so a Rank answer from a worker behind
+        `seq` means that worker really lags (see `resync_after`), not that a push
+        is still on its way. Callers hold `_write_lock`."""
+        changes = await self.store.catalog_changes(self.seq)
+        target = changes[-1].seq if changes else self.seq
+        behind = [w for w in self.pool.workers if w.healthy and self.worker_seq.get(w.name, 0) < target]
         results = await asyncio.gather(*(self.sync_worker(w) for w in behind), return_exceptions=True)
         for w, r in zip(behind, results, strict=True):
             if isinstance(r, BaseException):
-                LOG.warning("worker %s missed catalog change %d (%s): out of rotation", w.name, self.seq, r)
+                LOG.warning("worker %s missed catalog change %d (%s): out of rotation", w.name, target, r)
                 self.pool.mark_failed(w)
+        self._fold(changes)
+
+    async def resync_after(self, seen_seq: int) -> None:
+        """A worker answered at `seen_seq`, behind the log (restarted behind our back).
+        The answer does not say which worker, so every one is re-sent from there
+        (workers skip what they have)."""
+        async with self._write_lock:
+            for w in self.pool.workers:
+                if w.healthy:
+                    self.worker_seq[w.name] = min(self.worker_seq.get(w.name, 0), seen_seq)
+            await self.refresh()
 
     async def sync_worker(self, w: Worker) -> None:
         """Bring one worker to the log's end (the pool's on_ready hook, too)."""

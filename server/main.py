@@ -23,7 +23,7 @@ from recgen.promotion import pin
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
 from server.auth import AuthInterceptor, load_tokens, server_credentials
-from server.catalog import LiveCatalog
+from server.catalog import CatalogSync
 from server.errors import DecodeErrors
 from server.feedback import HISTORY_CAP
 from server.metrics import GatewayMetrics
@@ -111,7 +111,7 @@ async def create_gateway(args: argparse.Namespace) -> Gateway:
         shards=getattr(args, "shards", 1),
     )
     store = open_store(args.state, synchronous=args.synchronous)
-    live_catalog = LiveCatalog(store, pool, args.models, args.version)
+    live_catalog = CatalogSync(store, pool, args.models, args.version)
     await live_catalog.load()
     pool.on_ready = live_catalog.on_worker_ready  # no worker serves with a stale catalog
     await pool.start()

@@ -23,7 +23,7 @@ import grpc
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
-from server.catalog import LiveCatalog
+from server.catalog import CatalogSync
 from server.errors import NotFound, Overloaded, map_errors
 from server.feedback import Semantics, history_weights
 from server.metrics import GatewayMetrics
@@ -82,7 +82,7 @@ class RecommenderService(pbg.RecommenderServicer):
         metrics: GatewayMetrics | None = None,
         user_ids: UserIdPolicy | None = None,
         feedback_limiter: RateLimiter | None = None,
-        live_catalog: LiveCatalog | None = None,
+        live_catalog: CatalogSync | None = None,
         user_cache: UserStateCache | None = None,
         rank_batcher: RankBatcher | None = None,
     ) -> None:
@@ -291,7 +291,7 @@ class RecommenderService(pbg.RecommenderServicer):
                 )
         raise AssertionError("unreachable")
 
-    def _live(self) -> LiveCatalog:
+    def _live(self) -> CatalogSync:
         if self.live_catalog is None:  # pragma: no cover - serve always has one
             raise NotFound("this gateway has no live catalog")
         return self.live_catalog

@@ -23,7 +23,7 @@ from typing import Any
 import grpc
 
 from recgen.worker.v1 import worker_pb2 as wpb
-from server.catalog import LiveCatalog
+from server.catalog import CatalogSync
 from server.rank_batch import RankBatcher
 from server.shards import ShardMismatch, merge_rank, merge_similar
 from server.validation import Recommendation
@@ -53,7 +53,7 @@ class WorkerCalls:
         pool: WorkerPool,
         *,
         rank_batcher: RankBatcher | None = None,
-        live_catalog: LiveCatalog | None = None,
+        live_catalog: CatalogSync | None = None,
     ) -> None:
         self.pool = pool
         self.rank_batcher = rank_batcher  # None: one Rank RPC per request
@@ -121,11 +121,8 @@ class WorkerCalls:
         live = self.live_catalog
         if live is not None and ranked.catalog_seq < live.seq:
             # A worker behind the catalog log (restarted behind our back) would miss
-            # upserts and deletes: bring every lagging worker up, then ask again.
-            for w in self.pool.workers:
-                if w.healthy:
-                    live.worker_seq[w.name] = min(live.worker_seq.get(w.name, 0), ranked.catalog_seq)
-            await live.refresh()
+            # upserts and deletes: bring it up, then ask again.
+            await live.resync_after(ranked.catalog_seq)
             ranked = await self.ask("Rank", msg, p.deadline)
         return ranked
 

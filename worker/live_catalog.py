@@ -78,41 +78,42 @@ def _grow_categories(model: Any, n: int) -> None:
 def apply_changes(model: Any, changes: list[Change]) -> None:
     """Apply changes (already in order, all new) to one loaded model version."""
     ranker = model.ranker
-    new_items: list[CatalogItem] = []
+    new_items: dict[str, CatalogItem] = {}  # item_id -> item, in order of first addition
+    deleted: dict[int, bool] = {}  # row -> deleted?, the last change wins; applied once below
     titles_changed = False
-    retire: list[int] = []
     for ch in changes:
-        row = model.item_index.get(ch.item.item_id)
-        pending = next((i for i, it in enumerate(new_items) if it.item_id == ch.item.item_id), None)
+        item_id = ch.item.item_id
+        row = model.item_index.get(item_id)
         if ch.delete:
-            if pending is not None:  # added and removed in one batch: never appears
-                new_items.pop(pending)
+            if item_id in new_items:  # added and removed in one batch: never appears
+                del new_items[item_id]
             elif row is not None:
-                ranker.set_deleted(np.array([row]), True)
+                deleted[row] = True
             continue
-        if pending is not None:
-            new_items[pending] = ch.item
-        elif row is None:
-            new_items.append(ch.item)
-        else:
-            old = model.catalog[row]
-            if row in model.content_rows and item_text(old) != item_text(ch.item):
-                retire.append(row)  # its stand-in factor came from the old text: re-embed
-                new_items.append(ch.item)
-                continue
-            titles_changed |= old.title != ch.item.title
-            model.catalog[row] = ch.item
-            _set_categories(model, row, ch.item.categories)
-            ranker.set_deleted(np.array([row]), False)
-    if retire:
-        ranker.set_deleted(np.array(retire), True)
+        if item_id in new_items or row is None:
+            new_items[item_id] = ch.item
+            continue
+        old = model.catalog[row]
+        if row in model.content_rows and item_text(old) != item_text(ch.item):
+            deleted[row] = True  # its stand-in factor came from the old text: re-embed as a new row
+            new_items[item_id] = ch.item
+            continue
+        titles_changed |= old.title != ch.item.title
+        model.catalog[row] = ch.item
+        _set_categories(model, row, ch.item.categories)
+        deleted[row] = False
+    for flag in (True, False):
+        rows = [r for r, d in deleted.items() if d is flag]
+        if rows:
+            ranker.set_deleted(np.asarray(rows, dtype=np.int64), flag)
     if new_items:
         t = time.perf_counter()
-        vectors = stand_in_factors(model, new_items)
+        added = list(new_items.values())
+        vectors = stand_in_factors(model, added)
         n0 = len(model.catalog)
-        model.catalog.extend(new_items)
+        model.catalog.extend(added)
         _grow_categories(model, len(model.catalog))
-        for i, it in enumerate(new_items):
+        for i, it in enumerate(added):
             model.item_index[it.item_id] = n0 + i
             model.content_rows.add(n0 + i)
             _set_categories(model, n0 + i, it.categories)
