@@ -37,29 +37,45 @@ in doubt the checker errs towards finding a mention: a false mention costs
 one rejected text, a missed one shows an ungrounded title.
 
 This module knows nothing about models, prompts or item ids beyond the
-catalog's row order.
+catalog's row order; tokenizing, splitting and varying title text is
+worker/titles.py's job (its names stay importable from here).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import unicodedata
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from worker.titles import (
+    TOKEN_RE,
+    display_title,
+    normalize_word,
+    split_title,
+    unsuffix_article,
+    variants,
+    words,
+)
+
+__all__ = [
+    "Boundary",
+    "GroundingChecker",
+    "GroundingResult",
+    "Mention",
+    "StreamGuard",
+    "display_title",
+    "normalize_word",
+    "split_title",
+    "unsuffix_article",
+    "words",
+]
 
 LOG = logging.getLogger(__name__)
 
 Boundary = Literal["sentence", "word"]
 
-# A token: a run of letters and digits with inner apostrophes ("Schindler's"
-# -> "schindlers"), or "&" (read as "and"). A token can only grow while
-# nothing or a lone apostrophe follows it (StreamGuard relies on this).
-_TOKEN_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*|&")
-_YEAR_AT_END_RE = re.compile(r"\s*\((\d{4})\)\s*$")
-_ALIAS_AT_END_RE = re.compile(r"^(.*\S)\s*\(([^()]+)\)$")
-_AKA_RE = re.compile(r"^\s*(?:a\.?k\.?a\.?|aka)\s+", re.IGNORECASE)
 # A year right after a mention in the text; and what could still become one.
 _YEAR_AFTER_RE = re.compile(r"\s*\(\s*(\d{4})\s*\)")
 _PARTIAL_YEAR_RE = re.compile(r"\s*(?:\(\s*\d{0,4}\s*)?")
@@ -67,15 +83,6 @@ _PARTIAL_YEAR_RE = re.compile(r"\s*(?:\(\s*\d{0,4}\s*)?")
 # whitespace, or a newline. The cut point is after the punctuation.
 _SENTENCE_END_RE = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?=\s)|\n")
 
-# Articles MovieLens moves to the end of a title ("Grand bleu, Le").
-_SUFFIX_ARTICLE_RE = re.compile(
-    r"^(.*\S),\s*(the|a|an|le|la|les|l'|il|lo|gli|i|das|der|die|den|det|des|el|los|las|"
-    r"un|une|una|uno|o|os|as|ta|to|en|et|ett)$",
-    re.IGNORECASE,
-)
-# Leading articles dropped from a title that starts with one: English only,
-# since "Die Hard" or "I Shot Andy Warhol" do not start with articles.
-_LEADING_ARTICLES = frozenset({"the", "a", "an"})
 _OPEN_QUOTES = frozenset("\"'“‘«*_")
 _CLOSE_QUOTES = frozenset("\"'”’»*_")
 _SENTENCE_PUNCT = frozenset(".!?:;…\n")
@@ -152,74 +159,6 @@ class _Token:
     tid: int  # token id in the checker's vocabulary, -1 when unknown
 
 
-def normalize_word(word: str) -> str:
-    """Case-, accent- and apostrophe-insensitive form of one token."""
-    if word == "&":
-        return "and"
-    word = unicodedata.normalize("NFKD", word)
-    word = "".join(c for c in word if not unicodedata.combining(c))
-    return word.casefold().replace("'", "").replace("’", "")
-
-
-def words(text: str) -> list[str]:
-    """Normalized tokens of `text` (the unit titles are matched in)."""
-    return [normalize_word(m.group()) for m in _TOKEN_RE.finditer(text)]
-
-
-def split_title(title: str) -> tuple[str, str | None, int | None]:
-    """'Seven (Se7en) (1995)' -> ('Seven', 'Se7en', 1995); ('Heat', None, None) w/o year."""
-    title = title.strip()
-    year = None
-    m = _YEAR_AT_END_RE.search(title)
-    if m and m.start() > 0:
-        year = int(m.group(1))
-        title = title[: m.start()].strip()
-    alias = None
-    if year is not None:
-        a = _ALIAS_AT_END_RE.match(title)
-        if a:
-            title, alias = a.group(1).strip(), _AKA_RE.sub("", a.group(2)).strip() or None
-    return title, alias, year
-
-
-def unsuffix_article(name: str) -> tuple[str, str | None]:
-    """'Usual Suspects, The' -> ('Usual Suspects', 'The'); no article -> (name, None)."""
-    m = _SUFFIX_ARTICLE_RE.match(name)
-    if not m:
-        return name, None
-    return m.group(1).strip(), m.group(2)
-
-
-def display_title(title: str, *, keep_year: bool = False) -> str:
-    """The natural form of a catalog title: 'Usual Suspects, The (1995)' -> 'The Usual Suspects'."""
-    name, _alias, year = split_title(title)
-    core, article = unsuffix_article(name)
-    if article:
-        core = f"{article}{core}" if article.endswith("'") else f"{article} {core}"
-    if keep_year and year is not None:
-        return f"{core} ({year})"
-    return core
-
-
-def _variants(name: str) -> list[tuple[list[str], bool, int]]:
-    """Token sequences a name may appear as: (tokens, weak, index of the content word)."""
-    core, article = unsuffix_article(name)
-    out: list[tuple[list[str], bool, int]] = []
-    if article:  # "Game, The": as written, "The Game", "Game"
-        core_w = words(core)
-        art_w = words(article + core) if article.endswith("'") else words(article) + core_w
-        weak = len(core_w) == 1
-        out += [(words(name), weak, 0), (art_w, weak, len(art_w) - 1), (core_w, weak, 0)]
-    else:
-        w = words(name)
-        if len(w) > 1 and w[0] in _LEADING_ARTICLES:  # "The Game": also "Game"
-            weak = len(w) == 2
-            out += [(w, weak, 1), (w[1:], weak, 0)]
-        else:
-            out.append((w, len(w) == 1, 0))
-    return [v for v in out if v[0]]
-
-
 class GroundingChecker:
     """Finds catalog titles in text; `check` decides whether a text may be shown.
 
@@ -242,7 +181,7 @@ class GroundingChecker:
             name, alias, year = split_title(title)
             names = [name] + ([alias, f"{name} ({alias})"] if alias else [])
             for n in names:
-                for toks, weak, content in _variants(n):
+                for toks, weak, content in variants(n):
                     node = self._insert(toks)
                     pending.setdefault(node, []).append((index, year, weak, content))
         self._terminals: dict[int, _Terminal] = {}
@@ -309,7 +248,7 @@ class GroundingChecker:
         vocab = self._vocab
         return [
             _Token(m.start(), m.end(), vocab.get(normalize_word(m.group()), -1))
-            for m in _TOKEN_RE.finditer(text, pos)
+            for m in TOKEN_RE.finditer(text, pos)
         ]
 
     def _scan(self, text: str, pos: int, *, final: bool) -> tuple[list[Mention], int]:
