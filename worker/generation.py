@@ -14,7 +14,8 @@ One scheduler thread owns the running batch. Each iteration it
 A row's prompt is prefilled exactly once; it never waits for the batch to
 drain. The forward passes are worker/llm_session.py, the per-row arrays
 worker/llm_batch.py, token choice worker/sampling.py, event delivery
-worker/llm_events.py.
+worker/llm_events.py, dropping cancelled and expired requests
+worker/llm_retire.py, the counters behind `stats()` worker/llm_stats.py.
 
 Text is streamed per request as `TextPiece` events and one final `Finished`
 event (reason eos | length | deadline | cancelled | error), delivered to the
@@ -39,10 +40,12 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from worker.detok import IncrementalDecoder
-from worker.llm_batch import RECENT, GeneratorStats, Recent, Request, RunningBatch
+from worker.llm_batch import GeneratorStats, Request, RunningBatch
 from worker.llm_events import Outbox
+from worker.llm_retire import expire_waiting, retire
 from worker.llm_schedule import PrefillPolicy
 from worker.llm_session import DecoderSession, make_session
+from worker.llm_stats import StatsRecorder
 from worker.llm_stream import (
     LLM_FORMAT,
     MAX_UNREAD_EVENTS,
@@ -149,20 +152,7 @@ class Generator:
         self._batch: RunningBatch | None = None
         self._outbox = Outbox()  # events of this step; its counts are read by stats()
         # Stats: written by the scheduler thread only; read without stopping it.
-        self._n = dict(
-            decode_steps=0,
-            decode_rows=0,
-            max_rows_per_step=0,
-            prefill_calls=0,
-            prefill_rows=0,
-            prefill_tokens=0,
-            prefix_tokens_reused=0,
-            tokens_generated=0,
-            requests=0,
-        )
-        self._ttft = Recent()
-        self._token_latency = Recent()
-        self._steps: deque[tuple[int, ...]] = deque(maxlen=RECENT)
+        self._recorder = StatsRecorder()
 
     # -- public API -----------------------------------------------------------
 
@@ -247,7 +237,7 @@ class Generator:
                 )
             )
             handle.token_ids = self._waiting[-1].detok.ids  # live view, eos never pushed
-            self._n["requests"] += 1
+            self._recorder.submitted()
             self._cv.notify()
         return handle
 
@@ -258,19 +248,16 @@ class Generator:
 
     def stats(self) -> GeneratorStats:
         with self._cv:
-            return GeneratorStats(
-                **self._n,
+            return self._recorder.snapshot(
                 finished=self._outbox.finished_counts(),
                 queue_depth=len(self._waiting),
                 running=self._batch.size if self._batch is not None else 0,
-                ttft_s=self._ttft.values(),
-                token_latency_s=self._token_latency.values(),
             )
 
     def recent_steps(self) -> list[tuple[int, ...]]:
         """Request ids in each recent decode step, oldest first."""
         with self._cv:
-            return list(self._steps)
+            return self._recorder.recent_steps()
 
     def generate_alone(self, prompt: str, max_new_tokens: int) -> tuple[list[int], str]:
         """The unbatched greedy reference: one sequence, no padding, plain loop."""
@@ -338,32 +325,15 @@ class Generator:
         """Pop the waiting requests to prefill now, grouped into calls (llm_schedule.py). Holds _cv."""
         if not self._waiting:
             return []
-        if any(r.deadline <= now for r in self._waiting):
-            for r in [r for r in self._waiting if r.deadline <= now]:
-                self._waiting.remove(r)
-                self._outbox.finish(r, "deadline")
+        expire_waiting(self._waiting, now, self._outbox)
         b = self._batch
         return self.policy.admit(
             self._waiting, b.size if b is not None else 0, int(b.need.max()) if b is not None else 0
         )
 
     def _retire(self, cancels: set[int], now: float) -> None:
-        """Drop cancelled and expired rows before they cost another step."""
-        b = self._batch
-        if b is None:
-            return
-        gone = b.deadlines <= now
-        cancelled = np.zeros_like(gone)
-        if cancels:
-            cancelled = np.isin(b.ids, np.fromiter(cancels, dtype=np.int64, count=len(cancels)))
-            gone |= cancelled
-        if not gone.any():
-            return
-        for row in np.flatnonzero(gone).tolist():
-            reason: StopReason = "cancelled" if cancelled[row] else "deadline"
-            self._outbox.finish(b.reqs[row], reason, steps=int(b.steps[row]))
-        keep = np.flatnonzero(~gone)
-        self._batch = b.select(keep) if keep.size else None
+        """Drop cancelled and expired rows before they cost another step (llm_retire.py)."""
+        self._batch = retire(self._batch, cancels, now, self._outbox)
 
     def _prefill(self, group: list[Request]) -> None:
         logits, kv, padded, reused = self.model.prefill([r.prompt for r in group])  # (n, V)
@@ -371,10 +341,7 @@ class Generator:
         for r in group:
             r.handle.prefills += 1
         sub = RunningBatch.prefilled(group, kv, kv.mask.sum(axis=1), now)
-        self._n["prefill_calls"] += 1
-        self._n["prefill_rows"] += len(group)
-        self._n["prefill_tokens"] += padded
-        self._n["prefix_tokens_reused"] += reused
+        self._recorder.prefilled(len(group), padded, reused)
         self._batch = RunningBatch.join(self._batch, self._accept(sub, self._choose(logits, sub), now))
 
     def _decode(self) -> None:
@@ -384,10 +351,7 @@ class Generator:
         now = time.monotonic()
         b.positions += 1
         b.steps += 1
-        self._n["decode_steps"] += 1
-        self._n["decode_rows"] += b.size
-        self._n["max_rows_per_step"] = max(self._n["max_rows_per_step"], b.size)
-        self._steps.append(tuple(b.ids.tolist()))
+        self._recorder.decoded(b)
         self._batch = self._accept(b, self._choose(logits, b), now)
 
     def _choose(self, logits: np.ndarray, b: RunningBatch) -> np.ndarray:
@@ -403,11 +367,7 @@ class Generator:
         first = b.generated == 1
         gaps = now - b.last_at
         b.last_at[:] = now
-        self._n["tokens_generated"] += int(b.size - eos.sum())
-        if first.any():
-            self._ttft.add(now - b.submitted_at[first])
-        if not first.all():
-            self._token_latency.add(gaps[~first])
+        self._recorder.sampled(b, eos, first, gaps, now)
         # Per sequence: detokenization is inherently one sequence at a time.
         for row, (req, token) in enumerate(zip(b.reqs, tokens.tolist(), strict=True)):
             if first[row]:
