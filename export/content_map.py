@@ -7,6 +7,14 @@ those items, and the report says how useful the map is in the terms that
 matter for retrieval: cosine to the true factor and whether the mapped vector
 lands among the same inner-product neighbours.
 
+Ridge predictions shrink towards the mean factor, so their norms are too
+small to compete with trained items on inner product. Given user vectors, the
+same held-out share fits a calibration scale (`fit_exposure_scale`): the
+factor that makes held-out mapped vectors reach the users' top-k as often as
+the held-out items' true factors do. The export stores it beside the map and
+the worker multiplies stand-in vectors by it
+(`worker.content_map.ContentCalibration`; bench/new_items.py measures it).
+
 numpy only. Applying the map lives in `worker.content_map` so the serving
 path can import it without this module's (trivial) extras.
 """
@@ -18,16 +26,102 @@ from typing import Any
 
 import numpy as np
 
-from worker.content_map import apply_content_map
+from worker.content_map import ContentCalibration, apply_content_map
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["apply_content_map", "fit_content_map"]
+__all__ = ["apply_content_map", "fit_content_map", "fit_exposure_scale"]
 
 # Grid of l2 values, relative to the mean eigenvalue of the centred (weighted)
 # Gram matrix, so the same grid suits any number of items and any weight scale.
 _L2_GRID_REL = np.logspace(-4, 2, 13)
 _EPS = 1e-12
+SCALE_BOUNDS = (0.125, 8.0)  # a calibration scale outside this is clipped (and logged)
+
+
+def fit_exposure_scale(
+    pred: np.ndarray,
+    rows: np.ndarray,
+    factors: np.ndarray,
+    queries: np.ndarray,
+    seen: list[np.ndarray] | None = None,
+    k: int = 10,
+    chunk_cells: int = 1 << 24,
+) -> tuple[float, dict[str, float]]:
+    """The scale s for which s·pred reaches the queries' top k as often as the true factors do.
+
+    pred: (m, d) mapped vectors of the held-out items `rows` of `factors` (n, d);
+    queries: (q, d) user vectors; seen: per query the item rows that user consumed (never
+    ranked for them: left out of the competition and of the counted pairs). A held-out item
+    "reaches" a query's top k when its score beats the query's k-th best score over the
+    other, unseen items (each held-out item judged alone, the same way on both sides).
+    Exposure grows with s, so s is the order statistic of the per-pair thresholds that
+    admits as many pairs as the true factors reach. Returns s (clipped to SCALE_BOUNDS)
+    and the exposures, per query.
+    """
+    P = np.asarray(pred, np.float64)
+    F = np.asarray(factors, np.float32)  # float32 scores: the worker's precision, half the memory
+    Q = np.asarray(queries, np.float32)
+    P = P.astype(np.float32)
+    rows = np.asarray(rows, np.int64)
+    if P.ndim != 2 or P.shape != (len(rows), F.shape[1]) or Q.ndim != 2 or Q.shape[1] != F.shape[1]:
+        raise ValueError(
+            f"pred {P.shape}, rows {rows.shape}, factors {F.shape}, queries {Q.shape} do not fit"
+        )
+    if not len(Q) or len(F) - len(rows) < k:
+        raise ValueError(f"need queries and more than {k} competing items")
+    if seen is not None and len(seen) != len(Q):
+        raise ValueError(f"seen has {len(seen)} entries for {len(Q)} queries")
+    is_held = np.zeros(len(F), bool)
+    is_held[rows] = True
+    col = np.full(len(F), -1, np.int64)
+    col[rows] = np.arange(len(rows))
+    T = F[rows]
+    chunk = max(1, chunk_cells // len(F))
+    ratios, n_always, target, n_raw, thr_all, x_all, ok_all = [], 0, 0, 0, [], [], []
+    for s0 in range(0, len(Q), chunk):
+        q = Q[s0 : s0 + chunk]
+        sc = q @ F.T  # (c, n)
+        ok = np.ones((len(q), len(rows)), bool)  # pairs that count: the user did not consume it
+        if seen is not None:
+            for b, items in enumerate(seen[s0 : s0 + len(q)]):
+                items = np.asarray(items, np.int64)
+                sc[b, items] = -np.inf
+                held = col[items[is_held[items]]]
+                ok[b, held] = False
+        sc[:, is_held] = -np.inf
+        thr = -np.partition(-sc, k - 1, axis=1)[:, k - 1 : k]  # (c, 1); -inf if fewer than k left
+        x = q @ P.T  # s·x > thr  <=>  s > thr / x  where x > 0
+        target += int((((q @ T.T) > thr) & ok).sum())
+        n_raw += int(((x > thr) & ok).sum())
+        n_always += int((ok & (x > 0) & (thr <= 0)).sum())
+        m = ok & (x > 0) & (thr > 0)
+        ratios.append((np.broadcast_to(thr, x.shape) / np.where(m, x, 1.0))[m])
+        thr_all.append(thr)
+        x_all.append(x)
+        ok_all.append(ok)
+    need = np.sort(np.concatenate(ratios))
+    lo, hi = SCALE_BOUNDS
+    extra = target - n_always
+    if extra <= 0:
+        s = lo
+    elif extra > len(need):
+        s = hi
+    else:  # just above the extra-th smallest threshold: exactly `extra` more pairs admitted
+        s = float(need[extra - 1]) * (1.0 + 1e-9)
+    if not lo <= s <= hi:
+        LOG.warning("content calibration: scale %.3g clipped to [%g, %g]", s, lo, hi)
+    s = float(np.clip(s, lo, hi))
+    n_cal = sum(int(((s * x > t) & o).sum()) for x, t, o in zip(x_all, thr_all, ok_all, strict=True))
+    report = {
+        "k": k,
+        "n_queries": int(len(Q)),
+        "n_items": int(len(P)),
+        "exposure_true": target / len(Q),
+        "exposure_raw": n_raw / len(Q),
+        "exposure_calibrated": n_cal / len(Q),
+    }
+    return s, report
 
 
 class _Ridge:
@@ -106,6 +200,8 @@ def fit_content_map(
     k: int = 10,
     max_rank_eval: int = 2000,
     seed: int = 0,
+    queries: np.ndarray | None = None,
+    seen: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Ridge regression ``item_factors ≈ content_emb @ W[:-1] + W[-1]``.
 
@@ -123,6 +219,10 @@ def fit_content_map(
         k: neighbour-list length for the rank-quality metric.
         max_rank_eval: held-out items scored for rank quality (it costs an
             all-items inner product per item).
+        queries: (q, d) user vectors (fold-in, as served) for the calibration
+            scale (`fit_exposure_scale` on the held-out items, top-k against
+            every other item); ``None``: no calibration is fitted.
+        seen: per query, the item rows that user consumed (not ranked for them).
 
     Returns:
         ``W`` float32 (dim + 1, d) with the bias as the last row, and a
@@ -130,6 +230,9 @@ def fit_content_map(
         of the top-k inner-product neighbour lists of the true and mapped
         factors, and the same for a content-blind baseline (the mean factor).
         Held-out metrics are unweighted averages over held-out items.
+        ``report["calibration"]``: the `ContentCalibration` (JSON) or None
+        without queries; ``report["norms"]``: held-out median norms, true,
+        mapped and calibrated.
     """
     X = np.asarray(content_emb, dtype=np.float64)
     Y = np.asarray(item_factors, dtype=np.float64)
@@ -149,6 +252,8 @@ def fit_content_map(
         raise ValueError(f"need at least 10 items with positive weight, got {len(fit_idx)}")
     if k >= len(X):
         raise ValueError(f"k={k} needs more than {k} items, got {len(X)}")
+    if queries is not None and (np.ndim(queries) != 2 or np.shape(queries)[1] != Y.shape[1]):
+        raise ValueError(f"queries must be (q, {Y.shape[1]}), got {np.shape(queries)}")
 
     rng = np.random.default_rng(seed)
     perm = rng.permutation(fit_idx)
@@ -188,6 +293,20 @@ def fit_content_map(
         **_rank_quality(mean_vec[ev], Y[val][ev], val[ev], Y, k),
     }
 
+    # Calibration on held-out items: their mapped vectors are what a new item's will be
+    # (in-sample predictions fit a little better), competing with every other item.
+    calibration = None
+    if queries is not None:
+        # The rank-quality sample of held-out items (at most max_rank_eval) bounds the cost.
+        scale, exposure = fit_exposure_scale(pred_val[ev], val[ev], Y, queries, seen, k=k)
+        calibration = ContentCalibration(scale)
+    mapped_norms = np.linalg.norm(pred_val, axis=1)
+    norms = {
+        "heldout_true_median": float(np.median(np.linalg.norm(Y[val], axis=1))),
+        "heldout_mapped_median": float(np.median(mapped_norms)),
+        "heldout_calibrated_median": float(np.median(mapped_norms) * (1.0 if calibration is None else scale)),
+    }
+
     W = _Ridge(X[fit_idx], Y[fit_idx], w[fit_idx]).solve(chosen).astype(np.float32)
     report: dict[str, Any] = {
         "dim": int(X.shape[1]),
@@ -203,7 +322,19 @@ def fit_content_map(
         "train": {"r2": _r2(pred_tr, Y[tr]), "cosine": _mean_cosine(pred_tr, Y[tr])},
         "heldout": heldout,
         "baseline_mean_factor": baseline,
+        "calibration": None if calibration is None else {**calibration.to_json(), "exposure": exposure},
+        "norms": norms,
     }
+    if calibration is not None:
+        LOG.info(
+            "content map: calibration scale %.3f: held-out items in users' top %d %.3f times per user "
+            "(true factors), %.3f raw, %.3f calibrated",
+            calibration.scale,
+            k,
+            exposure["exposure_true"],
+            exposure["exposure_raw"],
+            exposure["exposure_calibrated"],
+        )
     LOG.info(
         "content map: l2=%.3g held-out R²=%.3f cosine=%.3f nn_overlap@%d=%.3f "
         "(mean-factor baseline cosine=%.3f nn_overlap@%d=%.3f)",

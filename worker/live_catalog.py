@@ -3,7 +3,10 @@
 A new item has no interactions, so it gets a stand-in factor from its text:
 the version's content encoder (MiniLM, ONNX) embeds "title. Genres: ....
 text" exactly as export embedded the catalog (`recgen.repository.item_text`),
-and the learned linear map takes the embedding into the MF item space. A
+and the learned linear map takes the embedding into the MF item space; the
+version's calibration scale (``encoder/content_calibration.json``, where export
+wrote one) then lengthens it so that it reaches users' top-k about as often as
+a trained item with the same taste would (bench/new_items.py). A
 version exported without an encoder falls back to the mean factor of the
 items sharing the new item's categories (the global mean if none), so an
 upsert still works there, with less taste.
@@ -43,12 +46,15 @@ class Change:
 
 
 def stand_in_factors(model: Any, items: list[CatalogItem]) -> np.ndarray:
-    """(m, d) factors for new items: content map of their text, else category means."""
-    from worker.content_map import apply_content_map
+    """(m, d) factors for new items: content map of their text (times the version's
+    calibration scale, where it has one), else category means."""
+    from worker.content_map import load_calibration, map_content
 
     if model.encoder is not None and model.content_map is not None:
         emb = model.encoder.encode([item_text(it) for it in items])
-        return apply_content_map(model.content_map, emb)
+        # Read at each upsert batch (a small JSON file, rare admin calls): versions are immutable.
+        calibration = load_calibration(model.version.path / "encoder")
+        return map_content(model.content_map, emb, calibration)
     factors = model.ranker.factors
     out = np.empty((len(items), factors.shape[1]), np.float32)
     for i, it in enumerate(items):
