@@ -125,3 +125,62 @@ def test_hnsw_candidate_meets_recall_target() -> None:
     assert row["recall_at_100"] >= 0.95 and row["mips_to_l2"]
     _, got = index.search(mips_queries(users), 100)
     assert recall_at(got, truth) >= 0.95
+
+
+def reference_als(user, item, n_users, n_items, p: ALSParams) -> tuple[np.ndarray, np.ndarray]:
+    """iALS with every row solved alone by the served fold-in (worker/foldin.py), no batching."""
+    key, count = np.unique(user.astype(np.int64) * n_items + item, return_counts=True)
+    u, i, conf = key // n_items, key % n_items, (1.0 + p.alpha * count).astype(np.float32)
+    rng = np.random.default_rng(p.seed)
+    x = (rng.standard_normal((n_users, p.factors)) / np.sqrt(p.factors)).astype(np.float32)
+    y = (rng.standard_normal((n_items, p.factors)) / np.sqrt(p.factors)).astype(np.float32)
+
+    def half_step(fixed: np.ndarray, owner: np.ndarray, other: np.ndarray, n_owner: int) -> np.ndarray:
+        fold = FoldIn(fixed, p.reg)
+        rows = [(other[owner == r], conf[owner == r]) for r in range(n_owner)]
+        return np.stack([fold.user_vectors([row])[0] for row in rows])  # one row at a time
+
+    for _ in range(p.iterations):
+        x = half_step(y, u, i, n_users)
+        y = half_step(x, i, u, n_items)
+    return x, y
+
+
+def long_tail(n_users: int, n_items: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    pu = rng.lognormal(0, 1.2, n_users)
+    pi = np.arange(1, n_items + 1, dtype=np.float64) ** -1.0
+    return rng.choice(n_users, n, p=pu / pu.sum()), rng.choice(n_items, n, p=pi / pi.sum())
+
+
+def test_als_solves_what_the_served_fold_in_solves() -> None:
+    # Rows from 1 to hundreds of entries: many length classes and batches, one row alone.
+    user, item = long_tail(150, 120, 6000, 7)
+    p = ALSParams(factors=6, reg=0.2, alpha=3.0, iterations=3, seed=5)
+    m = train_als(user, item, 150, 120, p)
+    x, y = reference_als(user, item, 150, 120, p)
+    np.testing.assert_allclose(m.user_factors, x, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(m.item_factors, y, rtol=1e-4, atol=1e-5)
+    again = train_als(user, item, 150, 120, p)
+    assert np.array_equal(again.item_factors, m.item_factors)  # deterministic for a seed
+
+
+def test_als_batches_pad_within_a_length_class() -> None:
+    from export.mf import batch_row_bytes, plan_batches
+
+    lengths = np.concatenate([np.zeros(5, int), np.random.default_rng(8).zipf(1.5, 5000).clip(max=50_000)])
+    batches = plan_batches(lengths, 64, 8 << 20)
+    solved = np.concatenate(batches)
+    assert sorted(solved) == sorted(np.flatnonzero(lengths > 0))  # every non-empty row once
+    for b in batches:
+        longest, shortest = lengths[b].max(), lengths[b].min()
+        assert longest <= 2 * shortest  # one length class: (2^(k-1), 2^k]
+        assert len(b) == 1 or len(b) * batch_row_bytes(int(longest), 64) <= 8 << 20
+
+
+def test_als_refuses_a_budget_it_cannot_fit() -> None:
+    from export.budget import BudgetError, rss
+
+    user, item = long_tail(50, 40, 500, 9)
+    with pytest.raises(BudgetError, match="raise --max-memory or lower --factors"):
+        train_als(user, item, 50, 40, ALSParams(factors=8, iterations=1), max_memory=rss() + 10)
