@@ -11,7 +11,7 @@ PORT ?= 50051
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-.PHONY: install proto data export serve test lint typecheck clean loadtest eval chaos bench
+.PHONY: install proto data export serve test lint typecheck clean loadtest eval chaos bench export-growth
 
 # The virtual environment, with the serving, export and dev dependencies.
 # torch first: `torch==2.13.0` resolves to the CPU build on local disk.
@@ -81,6 +81,17 @@ EVAL_ARGS ?=
 eval: install data
 	$(PY) -m bench.replay_eval $(EVAL_ARGS) --out docs/eval.json --plot docs/eval.png
 
+# Served quality against tuned peers (docs/quality.md): for each protocol (temporal
+# leave-last-one-out, per-user random 80/20 x 3 seeds, global time split) `recgen export` the
+# train part, serve it, fetch every test user's top 10 over gRPC, and compare with implicit iALS
+# and EASE (tuned on a validation split of the same train part) and popularity fitted in the same
+# run. Prints the table; writes docs/quality.json and docs/quality.md. Loopback only.
+# QUALITY_ARGS=--quick: one random seed, 300 test users, 12 iALS configs.
+QUALITY_ARGS ?=
+.PHONY: quality
+quality: install data
+	$(RECGEN) quality --out docs/quality.json --md docs/quality.md $(QUALITY_ARGS)
+
 # Chaos: SIGKILL/SIGSTOP a worker under load, deadlines, 5x overload, SIGKILL the gateway during
 # concurrent feedback; real `recgen serve` on 127.0.0.1, bounded (~2.5 min; CHAOS_ARGS=--quick).
 # Prints what was survived and lost; writes docs/chaos.json. See docs/operating.md.
@@ -94,6 +105,21 @@ chaos: install data $(MODELS)/.exported
 BENCH_ARGS ?=
 bench: install data $(MODELS)/.exported
 	$(PY) -m bench.bench --models $(MODELS) --out docs/bench.json --plot docs/bench.png $(BENCH_ARGS)
+
+# Bulk import (docs/bench.md, "Bulk import"): 100K events through ImportEvents on a real
+# `recgen serve` (loopback) and `recgen import`, against a plain SQLite executemany of the
+# same rows, interleaved, in the same run (~1 min; a tiny model version is exported first).
+IMPORT_BENCH_ARGS ?=
+.PHONY: bench-import
+bench-import: install data
+	$(PY) -m bench.import_bench --json docs/import_bench.json $(IMPORT_BENCH_ARGS)
+
+# The export at real sizes (docs/bench.md §7): synthetic logs of 100K / 1M / 10M interactions
+# through `recgen export --no-llm --no-encoder`, wall time and peak RSS per size, growth exponents.
+# ~25 min on 2 cores; GROWTH_ARGS="--sizes 100000,1000000" for a shorter run.
+GROWTH_ARGS ?=
+export-growth: install
+	$(PY) -m bench.export_growth --json docs/export_growth.json $(GROWTH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

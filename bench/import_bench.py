@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i in range(0, len(events), args.batch):
                 part = []
                 for e in events[i : i + args.batch]:
-                    fe = pb.FeedbackEvent(
+                    fe = pb.SendFeedbackRequest(
                         event_id=e.event_id,
                         user_id=e.user_id,
                         item_id=e.item_id,

@@ -10,8 +10,10 @@ What the served model learns from its own traffic:
 - live catalog changes are applied in log order: upserted items join the
   catalog (or replace its title, text and categories), deleted items leave it
   with their interactions, so the next version's catalog is the live one;
-- forgotten users (ForgetUser) are not in the store any more, so they are not
-  in the next version either: item factors forget them at this retraining.
+- forgotten users (ForgetUser): their events are gone from the store, and
+  their rows in the base data are dropped by the store's tombstones, so the
+  next version neither holds their history nor learned from it; events they
+  sent after being forgotten count like anyone's.
 
 The result is an ordinary Dataset: the export pipeline (tuning, evaluation,
 quality gate) treats it like any other.
@@ -33,11 +35,15 @@ LOG = logging.getLogger(__name__)
 POSITIVE = ("VIEW", "CLICK", "PURCHASE", "RATE")
 
 
-def fold_feedback(ds: Dataset, events: list, changes: list) -> Dataset:
+def fold_feedback(
+    ds: Dataset, events: list, changes: list, forgotten: dict[str, float] | None = None
+) -> Dataset:
     """The base dataset with the logged events and catalog changes folded in.
 
     events: server.state Event-like objects (user_id, item_id, type, value, ts);
-    changes: CatalogChange-like objects (op, item_id, title, text, categories), in seq order."""
+    changes: CatalogChange-like objects (op, item_id, title, text, categories), in seq order;
+    forgotten: user id -> ForgetUser time: their base rows are dropped."""
+    gone = set(forgotten or ())
     # 1. The live catalog.
     items: dict[str, CatalogItem] = {it.item_id: it for it in ds.items}
     added = updated = deleted = 0
@@ -68,7 +74,12 @@ def fold_feedback(ds: Dataset, events: list, changes: list) -> Dataset:
             rows_t.append(float(e.ts))
             used += 1
     pairs = zip(rows_u, rows_i, strict=True)
-    keep = [k for k, (u, i) in enumerate(pairs) if i in index and (u, i) not in dismissed]
+    n_base = len(ds)
+    keep = [
+        k
+        for k, (u, i) in enumerate(pairs)
+        if i in index and (u, i) not in dismissed and not (k < n_base and u in gone)
+    ]
     for k in keep:
         users.setdefault(rows_u[k], len(users))
     # Users left without interactions (all dismissed) are dropped from the user list.
@@ -104,12 +115,12 @@ def fold_feedback(ds: Dataset, events: list, changes: list) -> Dataset:
     )
 
 
-def load_feedback(state: str) -> tuple[list, list]:
-    """Every event and catalog change in a gateway's state store."""
+def load_feedback(state: str) -> tuple[list, list, dict[str, float]]:
+    """Every event, catalog change and ForgetUser tombstone in a gateway's state store."""
     from server.state import StateStore
 
     store = StateStore(state)
     try:
-        return store.all_events_sync(), store.catalog_changes_sync(0)
+        return store.all_events_sync(), store.catalog_changes_sync(0), store.forgotten_users_sync()
     finally:
         store.close()

@@ -28,6 +28,15 @@ def _configure_logging(level: str, fmt: str) -> None:
         )
 
 
+def _byte_size(text: str) -> int:
+    from export.budget import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="build a new model version from data")
     p.add_argument("--models", required=True, help="model repository root")
@@ -45,6 +54,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-llm", action="store_true", help="skip the language model")
     p.add_argument("--no-encoder", action="store_true", help="skip the content text encoder")
+    p.add_argument(
+        "--no-context",
+        action="store_true",
+        help="skip learning what request context (hour, weekday, intent) adds",
+    )
     p.add_argument(
         "--quantize",
         choices=["none", "int8"],
@@ -64,11 +78,29 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
+        "--max-memory",
+        type=_byte_size,
+        metavar="SIZE",
+        help="memory budget of the whole export, e.g. 8G or 512M (default: half the machine's RAM); "
+        "evaluation chunks and the EASE baseline plan within it, a stage that cannot fit stops at once",
+    )
+    p.add_argument(
         "--feedback",
         metavar="STATE",
         help="fold the gateway's logged feedback and live catalog changes into the training data "
         "(the serve --state value: a SQLite file or a postgresql:// URL)",
     )
+    p.add_argument(
+        "--factors-from",
+        metavar="PATH",
+        help="item factors trained elsewhere instead of training here: a Spark MLlib ALS model folder "
+        "(ALSModel.save) or an .npy array (with --item-ids); --reg/--alpha: what they were trained with "
+        "(see docs/scaling.md)",
+    )
+    p.add_argument("--factors-format", choices=["spark", "npy"], help="default: from --factors-from")
+    p.add_argument("--item-ids", metavar="FILE", help="npy factors: item ids, one a line, in row order")
+    p.add_argument("--user-factors", metavar="NPY", help="npy factors: user factors (optional, a check)")
+    p.add_argument("--user-ids", metavar="FILE", help="npy factors: user ids, one a line, in row order")
     p.add_argument("--no-promote", action="store_true", help="leave SERVING as it is (see recgen reload)")
     from recgen.lifecycle import add_gate_flags
 
@@ -227,6 +259,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _add_quality(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "quality",
+        help="served quality through gRPC vs tuned iALS, EASE and popularity on several protocols",
+    )
+    from bench.quality_args import add_quality_arguments  # argparse only: no numpy at parse time
+
+    add_quality_arguments(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (tests/unit/test_deploy.py parses the manifests' args with it)."""
     parser = argparse.ArgumentParser(prog="recgen", description=__doc__.splitlines()[0])
@@ -236,9 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_worker(sub)
     _add_serve(sub)
-    from recgen import lifecycle
+    _add_quality(sub)
+    from recgen import importer, lifecycle
 
     lifecycle.add_parsers(sub)
+    importer.add_parser(sub)
     return parser
 
 
@@ -296,10 +340,18 @@ def main(argv: list[str] | None = None) -> int:
         from worker.main import run_worker
 
         return run_worker(args)
+    if args.command == "quality":
+        from bench.quality import run
+
+        return run(args)
     if args.command in ("reload", "rollback", "versions"):
         from recgen import lifecycle
 
         return lifecycle.run(args)
+    if args.command == "import":
+        from recgen.importer import run_import
+
+        return run_import(args)
     if args.command == "serve":
         from server.main import run_serve
 

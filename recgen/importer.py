@@ -136,7 +136,7 @@ def _count_lines(path: Path) -> int:
     return n
 
 
-def read_rows(path: Path) -> Iterator[tuple[int, pb.FeedbackEvent, float | None]]:
+def read_rows(path: Path) -> Iterator[tuple[int, pb.SendFeedbackRequest, float | None]]:
     """(line, row, unix seconds or None) per CSV record, the CSV itself checked (columns,
     type names, numbers); the rules of SendFeedback are `events_from_pb`'s, per batch."""
     from recgen.v1 import recommender_pb2 as pb
@@ -173,7 +173,7 @@ def read_rows(path: Path) -> Iterator[tuple[int, pb.FeedbackEvent, float | None]
             value_text = record[i_value].strip() if i_value is not None else ""
             ts_text = record[i_ts].strip() if i_ts is not None else ""
             request_id = record[i_rid] if i_rid is not None else ""
-            row = pb.FeedbackEvent(
+            row = pb.SendFeedbackRequest(
                 event_id=record[i_event] if i_event is not None else "",
                 user_id=record[i_user],
                 item_id=record[i_item],
@@ -231,7 +231,7 @@ def run_import(args: argparse.Namespace) -> int:
     tally = Tally()
     bar = None
     now = time.time()
-    rows: list[pb.FeedbackEvent] = []
+    rows: list[pb.SendFeedbackRequest] = []
     times: list[float | None] = []
     lines: list[int] = []
 

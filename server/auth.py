@@ -3,8 +3,8 @@
 Tokens come from a file (`--auth-tokens PATH`, one `ROLE TOKEN` per line,
 ROLE ∈ serve | admin; never on the command line, where `ps` shows it) and
 arrive in call metadata as `authorization: Bearer TOKEN`. A serving token may
-call Recommend, StreamRecommend, SendFeedback; admin methods (ForgetUser and
-future catalog and reload calls) need an admin token, which may call
+call Recommend, StreamRecommend, SendFeedback, SimilarItems; admin methods
+(ForgetUser, UpsertItems, DeleteItems, ImportEvents) need an admin token, which may call
 everything. No token or an unknown one: UNAUTHENTICATED; a serving token on
 an admin method: PERMISSION_DENIED. Health checking stays open (load
 balancers and Kubernetes probes carry no tokens). Tokens are compared in
@@ -29,6 +29,7 @@ ADMIN_METHODS = frozenset(
         "/recgen.v1.Recommender/ForgetUser",
         "/recgen.v1.Recommender/UpsertItems",
         "/recgen.v1.Recommender/DeleteItems",
+        "/recgen.v1.Recommender/ImportEvents",
     }
 )
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)

@@ -47,7 +47,7 @@ class BadRow(InvalidArgument):
 
 
 def events_from_pb(
-    rows: Sequence[pb.FeedbackEvent],
+    rows: Sequence[pb.SendFeedbackRequest],
     catalog: Container[str],
     now: float,
     times: Sequence[float | None] | None = None,
@@ -87,7 +87,7 @@ def _ids_ok(values: list[str], max_bytes: int, required: bool = True) -> bool:
 
 
 def _fast(
-    rows: Sequence[pb.FeedbackEvent],
+    rows: Sequence[pb.SendFeedbackRequest],
     catalog: Container[str],
     now: float,
     times: Sequence[float | None] | None,
@@ -135,7 +135,7 @@ def _fast(
 
 
 def _row_by_row(
-    rows: Sequence[pb.FeedbackEvent],
+    rows: Sequence[pb.SendFeedbackRequest],
     catalog: Container[str],
     now: float,
     times: Sequence[float | None] | None,

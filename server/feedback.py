@@ -8,30 +8,31 @@
 | RATE     | weight value/4, clipped to [0.25, 1.25] (5 stars → 1.25)     |
 | DISMISS  | the item never comes back for this user; no weight           |
 
-Weights decay with the event's age at request time, half-life 90 days, so
-recent events weigh more; the decay factor never goes below 1e-3, so an old
-event fades but is never dropped. Events of the same item add up. Only the newest
-HISTORY_CAP events are read per request: one user cannot make requests
-expensive. The worker turns weights into fold-in confidences c = 1 + α·w,
-the same form as training. Pure functions: no I/O here.
+The gateway sends each positive event with its type weight and its time;
+the worker adds the history the model version holds for the user, decays
+every weight by its age before the user's newest event (half-life 90 days,
+never below 1e-3: recgen/user_history.py, the definition export uses too)
+and folds in with confidences c = 1 + α·w, the same form as training. Only
+the newest HISTORY_CAP events are read per request: one user cannot make
+requests expensive; older events still exclude their items. Pure functions:
+no I/O here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from recgen.user_history import HISTORY_CAP
 from server.state import Event
 
-HISTORY_CAP = 200
-HALF_LIFE_DAYS = 90.0
-DECAY_FLOOR = 1e-3  # an old event fades but never vanishes (it still says what the user chose)
 TYPE_WEIGHTS = {"VIEW": 0.25, "CLICK": 1.0, "PURCHASE": 3.0}
 POSITIVE_TYPES = ("VIEW", "CLICK", "PURCHASE", "RATE")
+
+__all__ = ["HISTORY_CAP", "POSITIVE_TYPES", "TYPE_WEIGHTS", "Semantics", "event_weight", "history_events"]
 
 
 @dataclass(frozen=True)
 class Semantics:
-    half_life_days: float = HALF_LIFE_DAYS
     history_cap: int = HISTORY_CAP
 
 
@@ -41,15 +42,12 @@ def event_weight(ev: Event) -> float:
     return TYPE_WEIGHTS.get(ev.type, 0.0)
 
 
-def history_weights(events: list[Event], now: float, sem: Semantics | None = None) -> list[tuple[str, float]]:
-    """[(item_id, weight)] newest first, one entry per item, weights summed."""
+def history_events(events: list[Event], sem: Semantics | None = None) -> list[tuple[str, float, float]]:
+    """[(item_id, weight before decay, time)] newest first, one entry per positive event."""
     sem = sem or Semantics()
-    out: dict[str, float] = {}
-    half_life = sem.half_life_days * 86400.0
+    out = []
     for ev in events[: sem.history_cap]:
         w = event_weight(ev)
-        if w <= 0:
-            continue
-        age = max(0.0, now - ev.ts)
-        out[ev.item_id] = out.get(ev.item_id, 0.0) + w * max(0.5 ** (age / half_life), DECAY_FLOOR)
-    return list(out.items())  # dicts keep first-insertion order: newest first
+        if w > 0:
+            out.append((ev.item_id, w, ev.ts))
+    return out

@@ -23,16 +23,18 @@ import grpc
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.bulk_import import ImportCall, batch_from_pb
 from server.catalog import CatalogSync
 from server.errors import NotFound, Overloaded, map_errors
-from server.feedback import Semantics, history_weights
+from server.feedback import Semantics, history_events
 from server.metrics import GatewayMetrics
 from server.privacy import UserIdPolicy
 from server.rank_batch import RankBatcher
 from server.ratelimit import RateLimiter
-from server.state import Event, StateStore
-from server.user_state_cache import UserState, UserStateCache
+from server.state import Event, StateStore, UserState
+from server.user_state_cache import UserStateCache
 from server.validation import (
+    InvalidArgument,
     catalog_items_from_pb,
     feedback_from_pb,
     item_ids_from_pb,
@@ -130,19 +132,17 @@ class RecommenderService(pbg.RecommenderServicer):
 
     async def _prepare(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> Prepared:
         req = recommendation_from_pb(request)
-        events, dismissed = await self._user_state(req.user_id)
-        # The request's own time drives decay (replays use event time), but never
-        # more than a day past the server's clock: a far-future local_time must
-        # not decay every event to nothing.
-        now = min(req.context.time or time.time(), time.time() + 86400.0)
+        state = await self._user_state(req.user_id)
         remaining = context.time_remaining()
         return Prepared(
             req=req,
             request_id=uuid.uuid4().hex,
-            history=history_weights(events, now, self.semantics),
-            exclude=list(dict.fromkeys([*req.exclude_item_ids, *dismissed])),
-            dismissed=list(dismissed),
+            history=history_events(state.events, self.semantics),
+            exclude=list(dict.fromkeys([*req.exclude_item_ids, *state.dismissed])),
+            dismissed=list(state.dismissed),
             deadline=None if remaining is None else time.monotonic() + remaining,
+            seen=list(state.seen),
+            forgotten_at=state.forgotten_at,
         )
 
     async def _user_state(self, user_id: str) -> UserState:
@@ -171,6 +171,16 @@ class RecommenderService(pbg.RecommenderServicer):
             else:  # a retry of a stored event: the cache may predate it, read it again
                 self.user_cache.invalidate(ev.user_id)
         return stored
+
+    async def _import_batch(self, events: list[Event]) -> int:
+        """One ImportEvents batch, durably; then the cache drops its users (whether or
+        not it committed: the store is read again on their next Recommend)."""
+        try:
+            return await self.store.add_events_bulk(events)
+        finally:
+            if self.user_cache is not None:
+                for user_id in {ev.user_id for ev in events}:
+                    self.user_cache.invalidate(user_id)
 
     async def _forget(self, user_id: str) -> tuple[int, int]:
         try:
@@ -326,4 +336,35 @@ class RecommenderService(pbg.RecommenderServicer):
             events, impressions = await asyncio.shield(self._forget(user_id))
             LOG.info("forgot user %s: %d events, %d impressions", self.user_ids(user_id), events, impressions)
             return pb.ForgetUserResponse(events_deleted=events, impressions_deleted=impressions)
+        raise AssertionError("unreachable")
+
+    async def ImportEvents(
+        self, request_iterator: AsyncIterator[pb.ImportEventsRequest], context: grpc.aio.ServicerContext
+    ) -> pb.ImportEventsResponse:
+        """Admin: feedback history in bulk (contract: recommender.proto, server/bulk_import.py)."""
+        async with map_errors(context, "ImportEvents", self.metrics):
+            with self.admission:
+                call = ImportCall(self._import_batch)
+                loop = asyncio.get_running_loop()
+                async for msg in request_iterator:
+                    try:  # on a thread: 10,000 rows take tens of ms the event loop is not kept from
+                        events = await loop.run_in_executor(
+                            None, batch_from_pb, msg, call.read + 1, self.catalog_ids, time.time()
+                        )
+                    except InvalidArgument as e:
+                        await call.settle()  # the batches before it are durable (or their error comes first)
+                        raise InvalidArgument(
+                            f"{e}; nothing of its batch was stored; {call.durable()}"
+                        ) from None
+                    await call.settle()  # one batch in flight: it committed while this one was checked
+                    call.start(events)
+                await call.settle()
+                LOG.info(
+                    "imported %d rows in %d batches: %d stored, %d duplicates",
+                    call.rows,
+                    call.batches,
+                    call.stored,
+                    call.duplicates,
+                )
+                return call.response()
         raise AssertionError("unreachable")

@@ -2,9 +2,12 @@
 
 A bounded LRU in front of `StateStore.user_state`: filled when a Recommend
 reads a user from the store, updated write-through by SendFeedback after the
-event's transaction has committed, dropped by ForgetUser. A hit saves the
+event's transaction has committed, dropped by ForgetUser and, for every
+user of an ImportEvents batch, once that batch has committed. A hit saves the
 SQLite read and its thread-pool hop, the largest cost of the gateway's
-Recommend path (docs/bench.md, section 2).
+Recommend path (docs/bench.md, section 2). (`recgen import` writes to the
+file behind a running gateway's back: such a gateway's cached users miss
+those events until they leave the cache or the gateway restarts.)
 
 It is correct only while this gateway is the store's only writer: every
 write then passes through `record`/`invalidate` here. That holds for the
@@ -22,9 +25,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from server.state import Event
-
-UserState = tuple[list[Event], list[str]]  # (newest non-DISMISS events first, dismissed item ids)
+from server.state import Event, UserState
 
 
 class UserStateCache:
@@ -63,10 +64,19 @@ class UserStateCache:
         write to that user happened since."""
         return self._gen
 
-    def fill(self, user_id: str, ticket: int, events: list[Event], dismissed: list[str]) -> bool:
+    def fill(
+        self,
+        user_id: str,
+        ticket: int,
+        events: list[Event],
+        dismissed: list[str],
+        seen: tuple[str, ...] = (),
+        forgotten_at: float = 0.0,
+    ) -> bool:
         if self._written.get(user_id, 0) > ticket or self._forgotten_gen > ticket:
             return False  # a write raced the read: the next request reads again
-        self._users[user_id] = (list(events[: self.history_cap]), list(dismissed))
+        events = list(events[: self.history_cap])
+        self._users[user_id] = UserState(events, list(dismissed), seen, forgotten_at)
         self._users.move_to_end(user_id)
         while len(self._users) > self.capacity:
             self._users.popitem(last=False)
@@ -86,7 +96,7 @@ class UserStateCache:
         state = self._users.get(ev.user_id)
         if state is None:
             return
-        events, dismissed = state
+        events, dismissed, seen, forgotten_at = state
         if ev.type == "DISMISS":
             if ev.item_id not in dismissed:
                 dismissed = [*dismissed, ev.item_id]
@@ -94,9 +104,12 @@ class UserStateCache:
             # The store's order: ts descending, then arrival descending. The new
             # event arrived last, so it goes before every event with ts <= its own.
             at = next((i for i, old in enumerate(events) if old.ts <= ev.ts), len(events))
-            events = [*events[:at], ev, *events[at:]][: self.history_cap]
+            events = [*events[:at], ev, *events[at:]]
+            if len(events) > self.history_cap:  # what falls out still counts as consumed
+                seen = tuple(dict.fromkeys([*(e.item_id for e in events), *seen]))
+                events = events[: self.history_cap]
         # New lists, not changed ones: a request may still be reading the old state.
-        self._users[ev.user_id] = (events, dismissed)
+        self._users[ev.user_id] = UserState(events, dismissed, seen, forgotten_at)
 
     def invalidate(self, user_id: str) -> None:
         """Drop the user (forgotten, or a write whose outcome is unknown)."""

@@ -11,6 +11,7 @@ Returns plain dataclasses: no protobuf types below the servicer.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,6 +61,10 @@ class Recommendation:
     exclude_item_ids: tuple[str, ...]
     include_categories: tuple[str, ...] = ()
     exclude_categories: tuple[str, ...] = ()
+    include_seen: bool = False  # allow items the user already consumed (re-consumption)
+
+
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # a regex: ImportEvents checks 100Ks of ids
 
 
 def _id(value: str, field: str, max_bytes: int = MAX_ID_BYTES, required: bool = True) -> str:
@@ -68,7 +73,7 @@ def _id(value: str, field: str, max_bytes: int = MAX_ID_BYTES, required: bool = 
         raise InvalidArgument(f"{field} must not be empty")
     if n > max_bytes:
         raise InvalidArgument(f"{field} is {n} bytes; at most {max_bytes}")
-    if any(ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F for ch in value):  # Unicode Cc: C0, DEL, C1
+    if CONTROL_CHARS.search(value):  # Unicode Cc: C0, DEL, C1
         raise InvalidArgument(f"{field} contains control characters")
     return value
 
@@ -123,6 +128,7 @@ def recommendation_from_pb(r: pb.RecommendRequest) -> Recommendation:
         exclude_item_ids=exclude,
         include_categories=_categories(r.include_categories, "include_categories"),
         exclude_categories=_categories(r.exclude_categories, "exclude_categories"),
+        include_seen=r.include_seen,
     )
 
 
@@ -152,6 +158,7 @@ class Feedback:
 
 
 def feedback_from_pb(r: pb.SendFeedbackRequest) -> Feedback:
+    """SendFeedback's rules; ImportEvents applies the same to each of its rows."""
     event_id = _id(r.event_id, "event_id", MAX_EVENT_ID_BYTES)
     user_id = _id(r.user_id, "user_id")
     item_id = _id(r.item_id, "item_id")

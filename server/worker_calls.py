@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -39,10 +39,16 @@ RANK_ATTEMPTS = 2
 class Prepared:
     req: Recommendation
     request_id: str
-    history: list[tuple[str, float]]  # (item_id, weight) newest first
+    history: list[tuple[str, float, float]]  # (item_id, weight before decay, time) newest first
     exclude: list[str]
     dismissed: list[str]
     deadline: float | None  # monotonic
+    seen: list[str] = field(default_factory=list)  # consumed items older than `history`
+    forgotten_at: float = 0.0  # the user's ForgetUser tombstone (0: none)
+
+    @property
+    def history_item_ids(self) -> list[str]:
+        return list(dict.fromkeys(i for i, _, _ in self.history))
 
 
 class WorkerCalls:
@@ -107,7 +113,7 @@ class WorkerCalls:
     async def rank(self, p: Prepared) -> wpb.RankResponse:
         c = p.req.context
         msg = wpb.RankRequest(
-            history=[wpb.Interaction(item_id=i, weight=w) for i, w in p.history],
+            history=[wpb.Interaction(item_id=i, weight=w, timestamp=t) for i, w, t in p.history],
             exclude_item_ids=p.exclude,
             k=p.req.k,
             context=wpb.RankContext(
@@ -116,6 +122,10 @@ class WorkerCalls:
             include_categories=p.req.include_categories,
             exclude_categories=p.req.exclude_categories,
             dismissed_item_ids=p.dismissed,
+            user_id=p.req.user_id,
+            forgotten_at=p.forgotten_at,
+            seen_item_ids=p.seen,
+            include_seen=p.req.include_seen,
         )
         ranked: wpb.RankResponse = await self.ask("Rank", msg, p.deadline)
         live = self.live_catalog
@@ -129,9 +139,11 @@ class WorkerCalls:
     async def text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
         """Grounded text pieces, then one final message (always)."""
         msg = wpb.GenerateRequest(
-            history_item_ids=[i for i, _ in p.history],
+            history_item_ids=p.history_item_ids,
             recommended_item_ids=items,
             intent=p.req.context.intent,
+            user_id=p.req.user_id,
+            forgotten_at=p.forgotten_at,
         )
         try:
             w = self.pool.pick()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recgen.repository import CatalogItem, ModelRepository, ModelVersion
+from recgen.user_history import USERS_DIR, History, UserHistories, empty_history
 from worker.context import ContextModel, JobContext
 from worker.foldin import FoldIn
 from worker.metrics import Metrics
@@ -57,6 +58,18 @@ class LoadedModel:
     encoder: Any | None = None  # worker.encoder.TextEncoder
     content_map: np.ndarray | None = None  # (e + 1, d)
     content_rows: set[int] = field(default_factory=set)  # live-added rows: factors from their text
+    # The training users' histories this version holds (recgen/user_history.py); None for
+    # versions built before versions carried them.
+    users: UserHistories | None = None
+    data_end: float = float("-inf")  # newest event time in the version's data (its watermark)
+    forgotten_through: float = 0.0  # ForgetUser tombstones up to this time were applied by export
+
+    def held_history(self, user_id: str, forgotten_at: float = 0.0) -> History:
+        """What the version holds of a user; nothing for an unknown user, and nothing for
+        one forgotten after the version's data was taken (the tombstone wins at once)."""
+        if self.users is None or not user_id or forgotten_at > self.forgotten_through:
+            return empty_history()
+        return self.users.get(user_id)
 
     def allowed_by_categories(self, include: list[str], exclude: list[str]) -> np.ndarray | None:
         """(n,) bool mask of items passing the category filters; None when there are none."""
@@ -126,17 +139,22 @@ class LoadedModel:
             # Word boundaries: text streams word by word, and an ungrounded mention
             # cuts the text right before it ("stops there"), not a sentence earlier.
             checker = GroundingChecker([it.title for it in catalog], boundary="word")
-        LOG.info(
-            "loaded model version %s (%d items, llm=%s) in %.1f s",
-            mv.name,
-            len(catalog),
-            bool(llm),
-            time.perf_counter() - t,
-        )
+        users = None
+        held = mv.manifest.params.get("users", {})
+        if UserHistories.exists(mv.path):
+            users = UserHistories(mv.path / USERS_DIR, n_items=len(catalog))
         categories: dict[str, np.ndarray] = {}
         for i, it in enumerate(catalog):
             for c in it.categories:
                 categories.setdefault(c.lower(), np.zeros(len(catalog), dtype=bool))[i] = True
+        LOG.info(
+            "loaded model version %s (%d items, %d known users, llm=%s) in %.1f s",
+            mv.name,
+            len(catalog),
+            0 if users is None else len(users),
+            bool(llm),
+            time.perf_counter() - t,
+        )
         return LoadedModel(
             mv,
             catalog,
@@ -148,6 +166,9 @@ class LoadedModel:
             categories,
             encoder=encoder,
             content_map=content_map,
+            users=users,
+            data_end=float(held.get("data_end", float("-inf"))),
+            forgotten_through=float(held.get("forgotten_through", 0.0)),
         )
 
     def warmup(self) -> None:

@@ -40,6 +40,16 @@ class RankJob:
     allowed: np.ndarray | None = None  # (n,) bool: category filter; None = every item
     context: JobContext = field(default_factory=JobContext)
     dismissed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # neighbours sink
+    # Every item row the user consumed (history included), excluded unless include_seen;
+    # None: the history rows only.
+    seen_rows: np.ndarray | None = None
+
+    @property
+    def consumed(self) -> np.ndarray:
+        """Rows this job must not return as consumed: none with include_seen."""
+        if self.include_seen:
+            return np.zeros(0, np.int64)
+        return self.history_rows if self.seen_rows is None else np.union1d(self.seen_rows, self.history_rows)
 
 
 @dataclass
@@ -163,6 +173,7 @@ class Ranker:
     def _cold(self, job: RankJob, batch: int, q: np.ndarray | None = None) -> RankResult:
         banned = self.deleted.copy() if job.allowed is None else ~job.allowed | self.deleted
         banned[job.exclude_rows] = True
+        banned[job.consumed] = True
         ranked = self.pop_order[~banned[self.pop_order]]
         if self.context is not None:
             # Context re-ranks the most popular items (log popularity + learned context terms).
@@ -205,9 +216,8 @@ class Ranker:
             users = self.context.blend_users(users, q)  # toward the intent, before retrieval
         t1 = time.perf_counter()
         n_del = self.deleted_rows.size
-        banned_counts = [
-            n_del + j.exclude_rows.size + (0 if j.include_seen else j.history_rows.size) for j in jobs
-        ]
+        consumed = [j.consumed for j in jobs]
+        banned_counts = [n_del + j.exclude_rows.size + c.size for j, c in zip(jobs, consumed, strict=True)]
         fetch = max(max(j.k, RERANK_MIN) + b for j, b in zip(jobs, banned_counts, strict=True))
         cand_ip, cand = self.retriever.search(users, fetch)  # (B, fetch)
         t2 = time.perf_counter()
@@ -216,9 +226,7 @@ class Ranker:
         picked = np.full((len(jobs), c), -1, dtype=np.int64)
         keys = np.full((len(jobs), c), -np.inf, dtype=np.float32)  # inner products: the pool's order
         for b, j in enumerate(jobs):
-            banned = np.concatenate(
-                [self.deleted_rows, j.exclude_rows, *([] if j.include_seen else [j.history_rows])]
-            )
+            banned = np.concatenate([self.deleted_rows, j.exclude_rows, consumed[b]])
             if j.allowed is not None:
                 row = self._exact_allowed(users[b], j.allowed, banned, c)
                 ip = (self.factors[row] @ users[b]).astype(np.float32)

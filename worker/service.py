@@ -19,6 +19,7 @@ import grpc
 import numpy as np
 
 from recgen.repository import CatalogItem
+from recgen.user_history import fold_in_weights, merge_live
 from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker.batcher import Batcher, DeadlineExpired, QueueFull
 from worker.context import JobContext
@@ -96,11 +97,26 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         return np.asarray([index[i] for i in ids if i in index], dtype=np.int64)
 
     def _job(self, request: worker_pb2.RankRequest, model: LoadedModel) -> RankJob:
+        """The request as a ranking job: the version's history of the user plus the live
+        events, decayed and folded exactly as export evaluated them (recgen/user_history.py)."""
         index = model.item_index
-        hist = [(index[h.item_id], h.weight) for h in request.history if h.item_id in index and h.weight > 0]
+        live = [(index[h.item_id], h.weight, h.timestamp) for h in request.history if h.item_id in index]
+        live = [e for e in live if e[1] > 0]
+        held = model.held_history(request.user_id, request.forgotten_at)
+        h = merge_live(
+            held,
+            np.asarray([r for r, _, _ in live], dtype=np.int64),
+            np.asarray([w for _, w, _ in live], dtype=np.float32),
+            np.asarray([t for _, _, t in live], dtype=np.float64),
+            model.data_end,
+        )
+        rows, weights = fold_in_weights(h.rows, h.weights, h.ts)
+        seen = h.seen
+        if request.seen_item_ids:  # a live user's items older than the history sent
+            seen = np.union1d(seen, self._rows(list(request.seen_item_ids), model))
         return RankJob(
-            history_rows=np.asarray([r for r, _ in hist], dtype=np.int64),
-            history_weights=np.asarray([w for _, w in hist], dtype=np.float32),
+            history_rows=rows,
+            history_weights=weights,
             exclude_rows=self._rows(list(request.exclude_item_ids), model),
             k=request.k,
             include_seen=request.include_seen,
@@ -109,6 +125,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             ),
             context=_job_context(request),
             dismissed_rows=self._rows(list(request.dismissed_item_ids), model),
+            seen_rows=seen,
         )
 
     async def Rank(
@@ -194,7 +211,11 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             )
         assert llm is not None and checker is not None  # abort raised otherwise
         recs = self._rows(list(request.recommended_item_ids), m)[:SHOW_RECOMMENDED]
-        hist = self._rows(list(request.history_item_ids), m)[:SHOW_HISTORY]
+        hist = self._rows(list(request.history_item_ids), m)
+        if hist.size < SHOW_HISTORY:  # a training user: the newest items the version holds
+            held = m.held_history(request.user_id, request.forgotten_at).rows
+            hist = np.asarray(list(dict.fromkeys([*hist.tolist(), *held.tolist()])), dtype=np.int64)
+        hist = hist[:SHOW_HISTORY]
         if recs.size == 0:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "recommended_item_ids has no item of this catalog"

@@ -17,6 +17,7 @@ from server.state.base import (
     Event,
     StateStore,
     StoreUnavailable,
+    UserState,
     backend_for,
     is_postgres_url,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "SQLiteStore",
     "StateStore",
     "StoreUnavailable",
+    "UserState",
     "is_postgres_url",
     "open_store",
 ]

@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS impressions (
     created_at DOUBLE PRECISION NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
+CREATE TABLE IF NOT EXISTS forgotten (   -- ForgetUser tombstones: kept for good
+    user_id TEXT PRIMARY KEY,
+    forgotten_at DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS catalog_changes (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,   -- the order workers apply them in
     op TEXT NOT NULL,                    -- UPSERT | DELETE
@@ -193,47 +197,77 @@ class PostgresStore(StateStore):
     # ------------------------------------------------------------------ writes
 
     def add_events_bulk_sync(self, events: list[Event]) -> int:
+        """One durable transaction; see the base contract. One event (SendFeedback):
+        one INSERT ... ON CONFLICT DO NOTHING. More (ImportEvents, `recgen import`):
+        COPY into a temporary table, one INSERT ... SELECT ... ON CONFLICT DO NOTHING,
+        and, only when some rows were not inserted, one join comparing payload hashes.
+        Another gateway inserting the same event_id makes the INSERT wait for its
+        commit, then do nothing: exactly one of them stores it."""
         now = time.time()
+        rows = [
+            (ev.event_id, ev.user_id, ev.item_id, ev.type, ev.value, ev.ts, ev.request_id, ev.payload_hash())
+            for ev in events
+        ]
+        if not rows:
+            return 0
+        if len(rows) == 1:
+            return self._write(lambda conn: self._insert_one(conn, rows[0], now))
+        return self._write(lambda conn: self._insert_many(conn, rows, now))
 
-        def insert(conn: psycopg.Connection[Any]) -> int:
-            stored = 0
-            with conn.cursor() as cur:
-                for ev in events:
-                    digest = ev.payload_hash()
-                    # Another gateway inserting the same event_id makes this INSERT
-                    # wait for its commit, then do nothing: exactly one stores it.
-                    cur.execute(
-                        "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
-                        " received_at, payload_hash) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                        " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
-                        (
-                            ev.event_id,
-                            ev.user_id,
-                            ev.item_id,
-                            ev.type,
-                            ev.value,
-                            ev.ts,
-                            ev.request_id,
-                            now,
-                            digest,
-                        ),
-                    )
-                    if cur.fetchone() is not None:
-                        stored += 1
-                        continue
-                    row = cur.execute(
-                        "SELECT payload_hash FROM events WHERE event_id=%s", (ev.event_id,)
-                    ).fetchone()
-                    if row is not None and row[0] != digest:
-                        raise Conflict(f"event_id {ev.event_id!r} was stored with another payload")
-            return stored
+    @staticmethod
+    def _insert_one(conn: psycopg.Connection[Any], row: tuple[Any, ...], now: float) -> int:
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
+                " payload_hash, received_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (event_id) DO NOTHING RETURNING seq",
+                (*row, now),
+            )
+            if cur.fetchone() is not None:
+                return 1
+            found = cur.execute("SELECT payload_hash FROM events WHERE event_id=%s", (row[0],)).fetchone()
+        if found is not None and found[0] != row[7]:
+            raise Conflict(f"event_id {row[0]!r} was stored with another payload", row[0], 0)
+        return 0
 
-        return self._write(insert)
+    @staticmethod
+    def _insert_many(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]], now: float) -> int:
+        with conn.cursor() as cur:
+            cur.execute(
+                "CREATE TEMP TABLE import_batch (ord INTEGER NOT NULL, event_id TEXT NOT NULL,"
+                " user_id TEXT NOT NULL, item_id TEXT NOT NULL, type TEXT NOT NULL,"
+                " value DOUBLE PRECISION, ts DOUBLE PRECISION NOT NULL, request_id TEXT NOT NULL,"
+                " payload_hash TEXT NOT NULL) ON COMMIT DROP"
+            )
+            with cur.copy("COPY import_batch FROM STDIN") as copy:
+                for i, row in enumerate(rows):
+                    copy.write_row((i, *row))
+            cur.execute(
+                "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
+                " payload_hash, received_at) SELECT event_id, user_id, item_id, type, value, ts,"
+                " request_id, payload_hash, %s FROM import_batch ORDER BY ord"
+                " ON CONFLICT (event_id) DO NOTHING",
+                (now,),
+            )
+            stored = cur.rowcount
+            if stored < len(rows):
+                bad = cur.execute(
+                    "SELECT b.ord, b.event_id FROM import_batch b JOIN events e USING (event_id)"
+                    " WHERE e.payload_hash <> b.payload_hash ORDER BY b.ord LIMIT 1"
+                ).fetchone()
+                if bad is not None:
+                    raise Conflict(f"event_id {bad[1]!r} was stored with another payload", bad[1], bad[0])
+        return stored
 
     def _delete_user(self, user_id: str) -> tuple[int, int]:
         def delete(conn: psycopg.Connection[Any]) -> tuple[int, int]:
             events = conn.execute("DELETE FROM events WHERE user_id=%s", (user_id,)).rowcount
             impressions = conn.execute("DELETE FROM impressions WHERE user_id=%s", (user_id,)).rowcount
+            conn.execute(
+                "INSERT INTO forgotten VALUES (%s, %s)"
+                " ON CONFLICT (user_id) DO UPDATE SET forgotten_at = EXCLUDED.forgotten_at",
+                (user_id, time.time()),
+            )
             return events, impressions
 
         return self._write(delete, "delete")
@@ -293,6 +327,19 @@ class PostgresStore(StateStore):
             "SELECT DISTINCT item_id FROM events WHERE user_id=%s AND type='DISMISS'", (user_id,)
         )
         return [r[0] for r in rows]
+
+    def seen_items_sync(self, user_id: str) -> list[str]:
+        rows = self._read(
+            "SELECT DISTINCT item_id FROM events WHERE user_id=%s AND type != 'DISMISS'", (user_id,)
+        )
+        return [r[0] for r in rows]
+
+    def forgotten_at_sync(self, user_id: str) -> float:
+        rows = self._read("SELECT forgotten_at FROM forgotten WHERE user_id=%s", (user_id,))
+        return float(rows[0][0]) if rows else 0.0
+
+    def forgotten_users_sync(self) -> dict[str, float]:
+        return {r[0]: float(r[1]) for r in self._read("SELECT user_id, forgotten_at FROM forgotten")}
 
     def count_events_sync(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM events")[0][0])

@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS impressions (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_id);
+CREATE TABLE IF NOT EXISTS forgotten (   -- ForgetUser tombstones: kept for good
+    user_id TEXT PRIMARY KEY,
+    forgotten_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS catalog_changes (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,   -- the order workers apply them in
     op TEXT NOT NULL,            -- UPSERT | DELETE
@@ -63,6 +67,12 @@ CREATE TABLE IF NOT EXISTS catalog_changes (
     ts REAL NOT NULL
 );
 """
+
+
+_INSERT_EVENT = (
+    "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id, received_at, payload_hash)"
+    " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING"
+)
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -107,6 +117,7 @@ class SQLiteStore(StateStore):
             c.execute("BEGIN IMMEDIATE")
             events = c.execute("DELETE FROM events WHERE user_id=?", (user_id,)).rowcount
             impressions = c.execute("DELETE FROM impressions WHERE user_id=?", (user_id,)).rowcount
+            c.execute("INSERT OR REPLACE INTO forgotten VALUES (?, ?)", (user_id, time.time()))
             c.execute("COMMIT")
         except sqlite3.Error as e:
             if c.in_transaction:
@@ -117,42 +128,34 @@ class SQLiteStore(StateStore):
     def add_events_bulk_sync(self, events: list[Event]) -> int:
         """Many events in one transaction (one fsync); returns how many were stored now.
 
-        For loading a history (a replay, a migration), where one commit per event
-        would take minutes. Idempotent like `add_event_sync`: an event_id already
-        stored with the same payload is skipped, with another payload it is a
-        Conflict and nothing of the batch is stored.
+        The bulk path of ImportEvents and `recgen import` (and of one SendFeedback:
+        a batch of one). One `executemany` of `INSERT ... ON CONFLICT (event_id) DO
+        NOTHING`; only when some rows were not inserted, one query compares their
+        payload hashes with the stored ones: the same payload is a duplicate, another
+        is a Conflict naming the first such row, and nothing of the batch is stored.
         """
-        c = self._writer
-        stored = 0
         now = time.time()
+        rows = [
+            (
+                ev.event_id,
+                ev.user_id,
+                ev.item_id,
+                ev.type,
+                ev.value,
+                ev.ts,
+                ev.request_id,
+                now,
+                ev.payload_hash(),
+            )
+            for ev in events
+        ]
+        c = self._writer
         try:
             c.execute("BEGIN IMMEDIATE")
             try:
-                for ev in events:
-                    digest = ev.payload_hash()
-                    row = c.execute(
-                        "SELECT payload_hash FROM events WHERE event_id=?", (ev.event_id,)
-                    ).fetchone()
-                    if row is not None:
-                        if row[0] != digest:
-                            raise Conflict(f"event_id {ev.event_id!r} was stored with another payload")
-                        continue
-                    c.execute(
-                        "INSERT INTO events (event_id, user_id, item_id, type, value, ts, request_id,"
-                        " received_at, payload_hash) VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            ev.event_id,
-                            ev.user_id,
-                            ev.item_id,
-                            ev.type,
-                            ev.value,
-                            ev.ts,
-                            ev.request_id,
-                            now,
-                            digest,
-                        ),
-                    )
-                    stored += 1
+                stored = c.executemany(_INSERT_EVENT, rows).rowcount if rows else 0
+                if stored < len(rows):
+                    self._check_duplicates(c, rows)
                 c.execute("COMMIT")
                 return stored
             except BaseException:
@@ -163,6 +166,21 @@ class SQLiteStore(StateStore):
             raise StoreUnavailable(f"state store cannot write: {e}") from e
         except sqlite3.DatabaseError as e:
             raise StoreUnavailable(f"state store error: {e}") from e
+
+    @staticmethod
+    def _check_duplicates(c: sqlite3.Connection, rows: list[tuple]) -> None:
+        """Conflict for the first row whose event_id is stored with another payload."""
+        ids = json.dumps([r[0] for r in rows])
+        stored = dict(
+            c.execute(
+                "SELECT event_id, payload_hash FROM events"
+                " WHERE event_id IN (SELECT value FROM json_each(?))",
+                (ids,),
+            ).fetchall()
+        )
+        for i, r in enumerate(rows):
+            if stored.get(r[0]) != r[8]:
+                raise Conflict(f"event_id {r[0]!r} was stored with another payload", r[0], i)
 
     def _write_impressions(self, rows: list[ImpressionRow]) -> int:
         c = self._writer
@@ -222,6 +240,23 @@ class SQLiteStore(StateStore):
             .fetchall()
         )
         return [r[0] for r in rows]
+
+    def seen_items_sync(self, user_id: str) -> list[str]:
+        rows = (
+            self._reader()
+            .execute("SELECT DISTINCT item_id FROM events WHERE user_id=? AND type != 'DISMISS'", (user_id,))
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def forgotten_at_sync(self, user_id: str) -> float:
+        sql = "SELECT forgotten_at FROM forgotten WHERE user_id=?"
+        row = self._reader().execute(sql, (user_id,)).fetchone()
+        return 0.0 if row is None else float(row[0])
+
+    def forgotten_users_sync(self) -> dict[str, float]:
+        rows = self._reader().execute("SELECT user_id, forgotten_at FROM forgotten")
+        return {r[0]: float(r[1]) for r in rows}
 
     def count_events_sync(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM events").fetchone()[0])

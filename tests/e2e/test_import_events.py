@@ -42,10 +42,10 @@ def stub(model_root: Path, state_path: Path, tmp_path_factory: pytest.TempPathFa
         gw.stop(signal.SIGKILL)
 
 
-def rows(prefix: str, n: int, user: str = "imp", start: int = 0) -> list[pb.FeedbackEvent]:
+def rows(prefix: str, n: int, user: str = "imp", start: int = 0) -> list[pb.SendFeedbackRequest]:
     """n CLICKs of `user` on MovieLens items start+1 .. start+n."""
     return [
-        pb.FeedbackEvent(
+        pb.SendFeedbackRequest(
             event_id=f"{prefix}-{i}",
             user_id=user,
             item_id=str(i + 1),
@@ -56,7 +56,7 @@ def rows(prefix: str, n: int, user: str = "imp", start: int = 0) -> list[pb.Feed
     ]
 
 
-def send(stub, *batches: list[pb.FeedbackEvent], metadata=ADMIN) -> pb.ImportEventsResponse:
+def send(stub, *batches: list[pb.SendFeedbackRequest], metadata=ADMIN) -> pb.ImportEventsResponse:
     return stub.ImportEvents(
         iter([pb.ImportEventsRequest(events=b) for b in batches]), timeout=60, metadata=metadata
     )
@@ -86,7 +86,7 @@ def test_three_batches_then_a_resent_one(stub, state_path: Path) -> None:
 
 def test_bad_row_is_named_and_nothing_of_its_batch_is_stored(stub, state_path: Path) -> None:
     first, second, third = rows("bad", 100), rows("bad", 100, start=100), rows("bad", 10, start=200)
-    second[49] = pb.FeedbackEvent(
+    second[49] = pb.SendFeedbackRequest(
         event_id="bad-149", user_id="imp", item_id="999999", type=pb.FEEDBACK_TYPE_CLICK
     )
     with pytest.raises(grpc.RpcError) as e:
@@ -99,7 +99,7 @@ def test_bad_row_is_named_and_nothing_of_its_batch_is_stored(stub, state_path: P
 
     # SendFeedback's field rules, with the row named.
     bad = rows("rate", 3)
-    bad[2] = pb.FeedbackEvent(event_id="rate-2", user_id="imp", item_id="3", type=pb.FEEDBACK_TYPE_RATE)
+    bad[2] = pb.SendFeedbackRequest(event_id="rate-2", user_id="imp", item_id="3", type=pb.FEEDBACK_TYPE_RATE)
     with pytest.raises(grpc.RpcError) as e:
         send(stub, bad)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -121,7 +121,9 @@ def test_conflicting_event_id_is_already_exists(stub, state_path: Path) -> None:
         metadata=SERVE,
     )
     ok, clash = rows("cf-ok", 5), rows("cf", 4)
-    clash[2] = pb.FeedbackEvent(event_id="cf-2", user_id="imp", item_id="4", type=pb.FEEDBACK_TYPE_CLICK)
+    clash[2] = pb.SendFeedbackRequest(
+        event_id="cf-2", user_id="imp", item_id="4", type=pb.FEEDBACK_TYPE_CLICK
+    )
     with pytest.raises(grpc.RpcError) as e:
         send(stub, ok, clash)
     assert e.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -147,7 +149,7 @@ def test_imported_events_change_the_next_answer(stub) -> None:
     assert before == [i.item_id for i in stub.Recommend(req, timeout=30, metadata=SERVE).items]  # cached now
     # Star Wars, Empire Strikes Back, Return of the Jedi, Raiders of the Lost Ark.
     trilogy = [
-        pb.FeedbackEvent(
+        pb.SendFeedbackRequest(
             event_id=f"fan-{i}", user_id=user, item_id=i, type=pb.FEEDBACK_TYPE_PURCHASE, timestamp=T
         )
         for i in ("50", "172", "181", "174")

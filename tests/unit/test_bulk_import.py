@@ -22,10 +22,10 @@ CATALOG = {str(i) for i in range(1, 100)} | {"é" * 128}
 NOW = 1_800_000_000.0
 
 
-def good(i: int, **kw) -> pb.FeedbackEvent:
+def good(i: int, **kw) -> pb.SendFeedbackRequest:
     fields = dict(event_id=f"e{i}", user_id=f"u{i % 3}", item_id=str(i % 50 + 1), type=pb.FEEDBACK_TYPE_CLICK)
     fields.update(kw)
-    return pb.FeedbackEvent(**fields)
+    return pb.SendFeedbackRequest(**fields)
 
 
 BAD = [

@@ -24,7 +24,7 @@ from export.data import Dataset, load_movielens100k
 from export.evaluate import evaluate_mf, leave_last_out
 from export.factors_import import FactorsError, ImportedFactors, load_factors
 from export.mf import ALSParams, train_als
-from export.pipeline import ExportOptions, export_version
+from export.pipeline import ExportOptions, export_version, held_histories, served
 from recgen.cli import main
 from recgen.repository import ModelRepository
 from recgen.user_history import USERS_DIR, UserHistories
@@ -119,7 +119,9 @@ def test_spark_model_builds_a_version_served_as_the_offline_fold_in(
     assert imp["user_agreement"]["users_compared"] == ml100k.n_users
     assert imp["user_agreement"]["cosine_median"] > 0.95  # the fold-in agrees with the trainer's users
     # The same evaluation code as a trained version, on the imported factors.
-    assert q["mf"] == evaluate_mf(ml100k, leave_last_out(ml100k), items, REG, ALPHA)
+    split = leave_last_out(ml100k)  # evaluated on the histories the version serves
+    served_hist = served(held_histories(ml100k, split.train_rows), ALPHA)
+    assert q["mf"] == evaluate_mf(ml100k, split, items, REG, ALPHA, histories=served_hist)
 
     # The workers' fold-in uses exactly the imported item factors, row by id.
     rows = by_id(models)

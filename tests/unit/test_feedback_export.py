@@ -52,7 +52,7 @@ def state(tmp_path: Path, ml100k) -> Path:
 
 
 def test_fold_feedback(ml100k, state: Path) -> None:
-    events, changes = load_feedback(str(state))
+    events, changes, forgotten = load_feedback(str(state))
     ds = fold_feedback(ml100k, events, changes)
     ids = [it.item_id for it in ds.items]
     assert "new-item" in ids and ml100k.items[1].item_id not in ids
@@ -73,6 +73,22 @@ def test_fold_feedback(ml100k, state: Path) -> None:
     assert base_item not in u0_items and len(u0_items) == int((ml100k.user == 0).sum()) - 1
     assert len(ds) == len(ml100k) - int((ml100k.item == 1).sum()) - 1 + 7
     assert ds.fingerprint != ml100k.fingerprint
+
+
+def test_forgotten_base_users_leave_the_next_version(ml100k, tmp_path: Path) -> None:
+    """A training user forgotten through the API: their base rows are dropped too, and the
+    version records which tombstones it applied; what they sent after the forget stays."""
+    gone = ml100k.users[3]
+    store = StateStore(tmp_path / "state.db")
+    store.forget_user_sync(gone)
+    store.add_event_sync(Event("after", gone, ml100k.items[7].item_id, "CLICK", None, T0))
+    events, changes, forgotten = load_feedback(str(tmp_path / "state.db"))
+    store.close()
+    assert set(forgotten) == {gone} and forgotten[gone] > 0
+    ds = fold_feedback(ml100k, events, changes, forgotten)
+    u = ds.users.index(gone)
+    assert [ds.items[i].item_id for i in ds.item[ds.user == u]] == [ml100k.items[7].item_id]
+    assert len(ds) == len(ml100k) - int((ml100k.user == 3).sum()) + 1
 
 
 def test_export_with_feedback_builds_and_promotes_a_version(

@@ -10,9 +10,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from server.feedback import history_weights
+from recgen.user_history import fold_in_weights
+from server.feedback import history_events
 from server.state import (
     CatalogChange,
     Conflict,
@@ -116,6 +118,53 @@ def test_bulk_conflict_stores_nothing_of_the_batch(store: StateStore) -> None:
     assert store.add_events_bulk_sync([ev("a"), ev("b"), ev("c")]) == 2
 
 
+def test_bulk_path_stores_in_order_and_counts_duplicates(store: StateStore) -> None:
+    """The ImportEvents / `recgen import` path: thousands of rows per transaction,
+    repeats (stored before, or earlier in the batch) skipped, nothing doubled."""
+    store.add_event_sync(ev("e00007", item="7", ts=7))  # stored before, same payload
+    batch = [ev(f"e{i:05d}", item=str(i), ts=float(i), user=f"u{i % 50}") for i in range(3000)]
+    batch[7] = ev("e00007", item="7", ts=7)
+    batch.append(ev("e00010", item="10", ts=10.0, user="u10"))  # a repeat inside the batch
+    assert store.add_events_bulk_sync(batch) == 2999
+    assert store.count_events_sync() == 3000
+    assert [e.event_id for e in store.all_events_sync()] == ["e00007"] + [
+        f"e{i:05d}" for i in range(3000) if i != 7
+    ]
+    assert store.add_events_bulk_sync(batch) == 0  # a re-sent batch: all duplicates
+    assert store.add_events_bulk_sync([]) == 0
+    assert store.count_events_sync() == 3000
+    assert [e.item_id for e in store.recent_events_sync("u3", 2)] == ["2953", "2903"]
+
+
+@pytest.mark.parametrize("where", ["stored before", "earlier in the batch"])
+def test_bulk_conflict_names_the_first_conflicting_row(store: StateStore, where: str) -> None:
+    if where == "stored before":
+        store.add_event_sync(ev("x", item="1"))
+        batch = [ev(f"n{i}") for i in range(5)] + [ev("x", item="2"), ev("y", item="3")]
+    else:
+        batch = [ev(f"n{i}") for i in range(5)] + [ev("x", item="1"), ev("x", item="2")]
+    with pytest.raises(Conflict) as e:
+        store.add_events_bulk_sync(batch)
+    assert e.value.event_id == "x" and e.value.index == (5 if where == "stored before" else 6)
+    assert "'x'" in str(e.value)
+    assert store.count_events_sync() == (1 if where == "stored before" else 0)  # nothing of the batch
+    if where == "stored before":  # a batch of one (SendFeedback's path) names its row too
+        with pytest.raises(Conflict) as e:
+            store.add_events_bulk_sync([ev("x", item="3")])
+        assert (e.value.event_id, e.value.index) == ("x", 0)
+
+
+def test_bulk_import_is_async_and_ordered_with_other_writes(store: StateStore) -> None:
+    async def main() -> None:
+        first = store.add_events_bulk([ev(f"b{i}", user="bulk") for i in range(100)])
+        forget = store.forget_user("bulk")
+        assert await first == 100
+        assert await forget == (100, 0)
+
+    asyncio.run(main())
+    assert store.count_events_sync() == 0
+
+
 def test_history_newest_first_and_dismiss_apart(store: StateStore) -> None:
     store.add_event_sync(ev("a", "1", ts=10))
     store.add_event_sync(ev("b", "2", ts=30))
@@ -185,9 +234,36 @@ def test_async_api_keeps_write_order(store: StateStore) -> None:
         assert await store.catalog_seq() == seq
         return list(stored), forgotten, state, seq
 
-    stored, forgotten, (recent, dismissed), seq = asyncio.run(run())
+    stored, forgotten, (recent, dismissed, _, forgotten_at), seq = asyncio.run(run())
     assert stored == [True] * 5 and forgotten == (5, 0)
     assert recent == [] and dismissed == ["9"] and seq == 1
+    assert forgotten_at > 0  # the tombstone outlives the deleted events
+
+
+def test_forget_leaves_a_durable_tombstone(store: StateStore) -> None:
+    """ForgetUser deletes the events and records when, for good: the workers hide the user's
+    history held in model versions built before it, across restarts and hot swaps."""
+    store.add_event_sync(ev("a", "1"))
+    assert store.forgotten_at_sync("u") == 0.0
+    store.forget_user_sync("u")
+    first = store.forgotten_at_sync("u")
+    assert first > 0 and store.forgotten_users_sync() == {"u": first}
+    store.add_event_sync(ev("b", "2"))  # a forgotten user may come back: new events count
+    state = store.user_state_sync("u", 10)
+    assert [e.event_id for e in state.events] == ["b"] and state.forgotten_at == first
+    store.forget_user_sync("u")
+    assert store.forgotten_at_sync("u") >= first
+
+
+def test_seen_items_beyond_the_history_limit(store: StateStore) -> None:
+    """Events past the fold-in limit no longer shape the vector but were consumed: the state
+    names their items (only when the limit cut the history)."""
+    for i in range(5):
+        store.add_event_sync(Event(f"s{i}", "u", str(i), "CLICK", None, float(i)))
+    store.add_event_sync(Event("dis", "u", "9", "DISMISS", None, 10.0))
+    assert store.user_state_sync("u", 10).seen == ()
+    cut = store.user_state_sync("u", 2)
+    assert [e.item_id for e in cut.events] == ["4", "3"] and sorted(cut.seen) == ["0", "1", "2", "3", "4"]
 
 
 # ------------------------------------------------------------------ several gateways, one PostgreSQL
@@ -336,6 +412,10 @@ def test_feedback_weights_decay_and_sum() -> None:
         Event("2", "u", "b", "VIEW", None, 100 * day),
         Event("3", "u", "a", "CLICK", None, 10 * day),
     ]
-    w = dict(history_weights(events, now=100 * day))
+    sent = history_events(events)
+    assert [(i, w) for i, w, _ in sent] == [("a", 3.0), ("b", 0.25), ("a", 1.0)]
+    rows = np.asarray([ord(i) for i, _, _ in sent])
+    got = fold_in_weights(rows, np.asarray([w for _, w, _ in sent]), np.asarray([t for _, _, t in sent]))
+    w = {chr(r): x for r, x in zip(got[0].tolist(), got[1].tolist(), strict=True)}
     assert w["b"] == pytest.approx(0.25)
     assert w["a"] == pytest.approx(3.0 + 0.5)  # the click is one half-life (90 days) old
