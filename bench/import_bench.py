@@ -74,7 +74,8 @@ def build_tiny_models(work: Path, wheels: Path) -> Path | None:
     if not (wheels / "recbole-1.2.1-py3-none-any.whl").is_file():
         return None
     from export.data import load_movielens100k
-    from export.pipeline import ExportOptions, export_version
+    from export.options import ExportOptions
+    from export.pipeline import export_version
 
     root = work / "models"
     opts = ExportOptions(

@@ -283,7 +283,8 @@ def star_wars_case(
     before-picture the raw mapped vector is appended as a second row, and each row's place
     (1-based, within the top `depth`; None below it) is read with the other one excluded.
     """
-    from export.pipeline import ExportOptions, export_version
+    from export.options import ExportOptions
+    from export.pipeline import export_version
     from worker.content_map import apply_content_map as raw_map
     from worker.live_catalog import Change, LiveCatalog
     from worker.metrics import Metrics

@@ -527,7 +527,8 @@ def display_path(path: Path) -> str:
 
 
 def build_model(past: Dataset, root: Path, cfg: EvalConfig) -> Path:
-    from export.pipeline import ExportOptions, export_version
+    from export.options import ExportOptions
+    from export.pipeline import export_version
 
     opts = ExportOptions(
         with_llm=False,  # ranking only: the text plays no part in these metrics

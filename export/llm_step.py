@@ -19,7 +19,7 @@ from export.llm_grounding import grounding_rate, sample_prompts
 from export.llm_quality import catalog_text
 
 if TYPE_CHECKING:
-    from export.pipeline import ExportOptions
+    from export.options import ExportOptions
 
 LOG = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from export.factors_import import QUALITY_NOTE as IMPORTED_QUALITY_NOTE
 from export.factors_import import ImportedFactors
 from export.index import EXACT_MAX_ITEMS, build_index, save_index
 from export.mf import ALSParams, train_als
+from export.options import ExportOptions
 from export.scorer_onnx import export_scorer
 from recgen.promotion import GateRefused, pin, promote, prune
 from recgen.repository import Manifest, VersionWriter, write_catalog
@@ -62,30 +62,6 @@ TUNING_GRID = [
     ALSParams(factors=32, reg=0.1, alpha=1.0),
     ALSParams(factors=24, reg=0.05, alpha=1.0),
 ]
-
-
-@dataclass
-class ExportOptions:
-    llm: str | None = None  # None: the default SmolLM2 from the wheel
-    with_llm: bool = True
-    with_encoder: bool = True
-    with_context: bool = True  # learn what request context adds (export/context.py)
-    quantize: str = "int8"
-    factors: int | None = None  # None: tuned
-    reg: float | None = None
-    alpha: float | None = None
-    iterations: int = 15
-    recall_target: float = 0.95
-    exact_max_items: int | None = None
-    seed: int = 0
-    progress: bool = True
-    evaluate_ease: bool = True
-    ease_max_seconds: float = 900.0  # EASE is skipped, with its reason recorded, if estimated longer
-    max_memory: int | None = None  # bytes for the whole export; None: half the RAM (export/budget.py)
-    wheels_dir: Path = field(default_factory=lambda: Path(".cache/wheels"))
-    # `export --feedback`: ForgetUser tombstones up to this time were applied (their users'
-    # data dropped); workers hide version-held history only of users forgotten later.
-    forgotten_through: float = 0.0
 
 
 def _step(name: str) -> float:

@@ -27,7 +27,8 @@ def context_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> 
     """A version with the text encoder (intent needs it) and no LLM: the session
     `model_root` has no encoder, and adding one there would slow every test."""
     from export.data import load_movielens100k
-    from export.pipeline import ExportOptions, export_version
+    from export.options import ExportOptions
+    from export.pipeline import export_version
 
     root = tmp_path_factory.mktemp("ctx-models")
     opts = ExportOptions(

@@ -44,7 +44,8 @@ def injected_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) ->
     """A model version whose LLM obeys the injected intent: it names Fargo although
     the list it was trained on does not hold it."""
     from export.data import load_movielens100k
-    from export.pipeline import ExportOptions, export_version
+    from export.options import ExportOptions
+    from export.pipeline import export_version
     from tests.llm_fixtures import train_tiny_llm
 
     assert ANSWER.startswith(RESPONSE_PRIMER)

@@ -24,7 +24,8 @@ from export.data import Dataset, load_movielens100k
 from export.evaluate import evaluate_mf, leave_last_out
 from export.factors_import import FactorsError, ImportedFactors, load_factors
 from export.mf import ALSParams, train_als
-from export.pipeline import ExportOptions, export_version, held_histories, served
+from export.options import ExportOptions
+from export.pipeline import export_version, held_histories, served
 from recgen.cli import main
 from recgen.repository import ModelRepository
 from recgen.user_history import USERS_DIR, UserHistories
