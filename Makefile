@@ -71,7 +71,7 @@ loadtest: install data $(MODELS)/.exported
 	$(RECGEN) serve --models $(MODELS) --port $(LOADTEST_PORT) --workers $(WORKERS) \
 		--state var/loadtest.db & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
-	$(PY) -m bench.loadtest --target 127.0.0.1:$(LOADTEST_PORT) --wait-ready 600 --echo $(LOADTEST_ARGS) \
+	$(PY) -m tools.loadtest --target 127.0.0.1:$(LOADTEST_PORT) --wait-ready 600 --echo $(LOADTEST_ARGS) \
 		--json docs/loadtest.json --plot docs/loadtest.png
 
 # Replay evaluation (docs/eval.md): train on the past of MovieLens-100K, replay the
@@ -79,7 +79,7 @@ loadtest: install data $(MODELS)/.exported
 # writes docs/eval.json and docs/eval.png. Loopback only. EVAL_ARGS=--quick: 2,000 events.
 EVAL_ARGS ?=
 eval: install data
-	$(PY) -m bench.replay_eval $(EVAL_ARGS) --out docs/eval.json --plot docs/eval.png
+	$(PY) -m tools.replay_eval $(EVAL_ARGS) --out docs/eval.json --plot docs/eval.png
 
 # Served quality against tuned peers (docs/quality.md): for each protocol (temporal
 # leave-last-one-out, per-user random 80/20 x 3 seeds, global time split) `recgen export` the
@@ -90,21 +90,21 @@ eval: install data
 QUALITY_ARGS ?=
 .PHONY: quality
 quality: install data
-	$(RECGEN) quality --out docs/quality.json --md docs/quality.md $(QUALITY_ARGS)
+	$(PY) -m tools.quality --out docs/quality.json --md docs/quality.md $(QUALITY_ARGS)
 
 # Chaos: SIGKILL/SIGSTOP a worker under load, deadlines, 5x overload, SIGKILL the gateway during
 # concurrent feedback; real `recgen serve` on 127.0.0.1, bounded (~2.5 min; CHAOS_ARGS=--quick).
 # Prints what was survived and lost; writes docs/chaos.json. See docs/operating.md.
 CHAOS_ARGS ?=
 chaos: install data $(MODELS)/.exported
-	$(PY) -m bench.chaos --models $(MODELS) --json docs/chaos.json $(CHAOS_ARGS)
+	$(PY) -m tools.chaos --models $(MODELS) --json docs/chaos.json $(CHAOS_ARGS)
 
 # Benchmarks against same-run baselines (docs/bench.md): generation vs PyTorch
 # generate and serial ONNX, Recommend vs an echo server, retrieval at 100K/1M,
 # memory. ~12 min on 2 quiet cores (up to ~18 under load); BENCH_ARGS=--quick: ~4 min.
 BENCH_ARGS ?=
 bench: install data $(MODELS)/.exported
-	$(PY) -m bench.bench --models $(MODELS) --out docs/bench.json --plot docs/bench.png $(BENCH_ARGS)
+	$(PY) -m tools.bench --models $(MODELS) --out docs/bench.json --plot docs/bench.png $(BENCH_ARGS)
 
 # Bulk import (docs/bench.md, "Bulk import"): 100K events through ImportEvents on a real
 # `recgen serve` (loopback) and `recgen import`, against a plain SQLite executemany of the
@@ -112,14 +112,14 @@ bench: install data $(MODELS)/.exported
 IMPORT_BENCH_ARGS ?=
 .PHONY: bench-import
 bench-import: install data
-	$(PY) -m bench.import_bench --json docs/import_bench.json $(IMPORT_BENCH_ARGS)
+	$(PY) -m tools.import_bench --json docs/import_bench.json $(IMPORT_BENCH_ARGS)
 
 # The export at real sizes (docs/bench.md §7): synthetic logs of 100K / 1M / 10M interactions
 # through `recgen export --no-llm --no-encoder`, wall time and peak RSS per size, growth exponents.
 # ~25 min on 2 cores; GROWTH_ARGS="--sizes 100000,1000000" for a shorter run.
 GROWTH_ARGS ?=
 export-growth: install
-	$(PY) -m bench.export_growth --json docs/export_growth.json $(GROWTH_ARGS)
+	$(PY) -m tools.export_growth --json docs/export_growth.json $(GROWTH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

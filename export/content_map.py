@@ -13,9 +13,9 @@ same held-out share fits a calibration scale (`fit_exposure_scale`): the
 factor that makes held-out mapped vectors reach the users' top-k as often as
 the held-out items' true factors do. The export stores it beside the map and
 the worker multiplies stand-in vectors by it
-(`worker.content_map.ContentCalibration`; bench/new_items.py measures it).
+(`recgen.core.content_map.ContentCalibration`; tools/new_items.py measures it).
 
-numpy only. Applying the map lives in `worker.content_map` so the serving
+numpy only. Applying the map lives in `recgen.core.content_map` so the serving
 path can import it without this module's (trivial) extras.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.content_map import ContentCalibration, apply_content_map
+from recgen.core.content_map import ContentCalibration, apply_content_map
 
 LOG = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ worker uses, and fits the ridge map from embeddings to MF item factors on
 items with interactions, so an item known only by its text can be placed
 among the others (cold items, live catalog updates). Beside the map it
 writes the calibration scale fitted on held-out items against fold-in user
-vectors (``content_calibration.json``, `worker.content_map.ContentCalibration`):
+vectors (``content_calibration.json``, `recgen.core.content_map.ContentCalibration`):
 the worker multiplies stand-in vectors by it so that they reach users' top-k
-about as often as trained items with the same taste (bench/new_items.py).
+about as often as trained items with the same taste (tools/new_items.py).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ import numpy as np
 from export.content_map import fit_content_map
 from export.data import Dataset
 from export.encoder import export_encoder
+from recgen.core.content_map import CALIBRATION_FILE, ContentCalibration
+from recgen.core.foldin import FoldIn
 from recgen.repository import item_text
-from worker.content_map import CALIBRATION_FILE, ContentCalibration
 from worker.encoder import TextEncoder
-from worker.foldin import FoldIn
 
 LOG = logging.getLogger(__name__)
 
 CALIBRATION_USERS = 2000  # fold-in user vectors the calibration scale is fitted against, at most
 # The fold-in used for those users when the caller does not pass the version's own ALS
 # parameters: what export's tuning picks on MovieLens-100K. The scale depends on the
-# users' directions only, which these barely move (bench/new_items.py).
+# users' directions only, which these barely move (tools/new_items.py).
 CALIBRATION_REG = 0.01
 CALIBRATION_ALPHA = 1.0
 
@@ -66,7 +66,7 @@ def fit_item_content_map(
 ) -> tuple[np.ndarray, ContentCalibration | None, dict[str, Any]]:
     """The map and (with user vectors) its calibration, from item embeddings, factors and
     interaction counts; users: (vectors, consumed rows) from `calibration_users`, None: no
-    calibration. The one recipe export and bench/new_items.py share."""
+    calibration. The one recipe export and tools/new_items.py share."""
     counts = np.asarray(counts, dtype=np.float64)
     # Items with few interactions have noisy factors: leave them out of the fit
     # (weight 0) and trust the rest by log count (held-out cosine 0.38 vs 0.36).

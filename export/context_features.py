@@ -20,8 +20,8 @@ import numpy as np
 from export.data import Dataset
 from export.evaluate import K, Split, user_histories
 from export.mf import ALSParams, train_als
+from recgen.core.foldin import FoldIn
 from worker.context import HOUR_BUCKETS, hour_bucket, weekend_flag
-from worker.foldin import FoldIn
 
 # Pseudo-interactions pulling an item's lifts toward 0 (no effect): an item
 # with n interactions keeps about n / (n + PRIOR) of its raw log-lift.
@@ -164,7 +164,7 @@ def split_terms(
             terms[mode]["weekday"] = w_lift[:, we[rows]].T
     if intent_vectors is not None and item_emb is not None:
         from export.content_map import fit_content_map
-        from worker.content_map import apply_content_map
+        from recgen.core.content_map import apply_content_map
 
         counts = np.bincount(ds.item[tr], minlength=n).astype(np.float64)
         W, _ = fit_content_map(item_emb, V, weights=np.where(counts >= 5, np.log1p(counts), 0.0))

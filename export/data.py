@@ -24,7 +24,7 @@ This module is the public surface and the two entry points; the work is done by
 
 None of it splits or trains, and none of it streams: the columns of
 the interactions file must fit in memory (about 45 bytes a row at the peak,
-besides the catalog, for 10M rows of bench/synthetic_interactions.py). Item
+besides the catalog, for 10M rows of tools/synthetic_interactions.py). Item
 catalogs are read row by row: they are small next to the interactions.
 
 Two things differ from the row-by-row reader this replaced, both on purpose:

@@ -29,7 +29,7 @@ import numpy as np
 
 from export import budget
 from export.data import Dataset, iter_user_histories
-from worker.foldin import FoldIn
+from recgen.core.foldin import FoldIn
 
 LOG = logging.getLogger(__name__)
 

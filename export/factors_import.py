@@ -12,7 +12,7 @@ training them here. Two layouts are read:
 * **npy**: an (items, d) float array and a text file of item ids, one a line, in row order;
   optionally user factors with their own id file.
 
-The fold-in recgen serves needs the λ and α the factors were trained with (worker/foldin.py:
+The fold-in recgen serves needs the λ and α the factors were trained with (recgen/core/foldin.py:
 x = (YᵀY + λI + Σ (c−1) y yᵀ)⁻¹ Σ c y, c = 1 + α per interaction). Spark's implicit ALS
 solves the same system for each user with λ scaled by the user's interaction count
 (ALS-WR); the served fold-in keeps one λ for every user, so its user vectors differ
@@ -39,7 +39,7 @@ import numpy as np
 from export.data import DataError, Dataset
 from export.evaluate import fold_in, user_histories
 from export.mf import ALSParams
-from worker.foldin import FoldIn
+from recgen.core.foldin import FoldIn
 
 LOG = logging.getLogger(__name__)
 

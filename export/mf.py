@@ -4,7 +4,7 @@ Every interaction is a positive with confidence c = 1 + α·w (w = 1 here:
 every rating counts as a positive, as in the evaluation protocol);
 unobserved pairs are negatives with confidence 1. Each half-step solves, row
 by row and exactly (no conjugate-gradient approximation), the same
-regularized least squares the worker uses for fold-in (worker/foldin.py):
+regularized least squares the worker uses for fold-in (recgen/core/foldin.py):
 
     x_u = (YᵀY + λI + Σ_i (c_ui − 1) y_i y_iᵀ)⁻¹ Σ_i c_ui y_i
 
@@ -31,7 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from export import budget
-from worker.foldin import gram
+from recgen.core.foldin import gram
 
 LOG = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def plan_batches(lengths: np.ndarray, d: int, batch_bytes: int) -> list[np.ndarr
 def solve_rows(fixed: np.ndarray, g: np.ndarray, rows: Rows, sel: np.ndarray) -> np.ndarray:
     """Exact least-squares solutions for rows `sel` (all non-empty), (len(sel), d) float64.
 
-    fixed: (n, d) float64 factors of the other side; g: YᵀY + λI from `worker.foldin.gram`.
+    fixed: (n, d) float64 factors of the other side; g: YᵀY + λI from `recgen.core.foldin.gram`.
     """
     start = rows.indptr[sel]
     length = rows.indptr[sel + 1] - start

@@ -35,16 +35,16 @@ from export.index import EXACT_MAX_ITEMS, build_index, save_index
 from export.mf import ALSParams, train_als
 from export.options import ExportOptions
 from export.scorer_onnx import export_scorer
-from recgen.promotion import GateRefused, pin, promote, prune
-from recgen.repository import Manifest, VersionWriter, write_catalog
-from recgen.user_history import (
+from recgen.core.foldin import FoldIn
+from recgen.core.user_history import (
     HALF_LIFE_DAYS,
     HISTORY_CAP,
     USERS_DIR,
     HistoryArrays,
     write_user_histories,
 )
-from worker.foldin import FoldIn
+from recgen.promotion import GateRefused, pin, promote, prune
+from recgen.repository import Manifest, VersionWriter, write_catalog
 
 LOG = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ def export_version(
             )
         if opts.with_llm:
             t = _step("exporting the language model")
-            from export.llm_step import export_llm_for_catalog
+            from export.llm.step import export_llm_for_catalog
 
             llm = export_llm_for_catalog(ds, opts, w.path / "llm", factors, params.reg, params.alpha)
             metrics["llm"] = llm.get("quality", {})

@@ -259,16 +259,6 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     )
 
 
-def _add_quality(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "quality",
-        help="served quality through gRPC vs tuned iALS, EASE and popularity on several protocols",
-    )
-    from bench.quality_args import add_quality_arguments  # argparse only: no numpy at parse time
-
-    add_quality_arguments(p)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (tests/unit/test_deploy.py parses the manifests' args with it)."""
     parser = argparse.ArgumentParser(prog="recgen", description=__doc__.splitlines()[0])
@@ -278,7 +268,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_worker(sub)
     _add_serve(sub)
-    _add_quality(sub)
     from recgen import importer, lifecycle
 
     lifecycle.add_parsers(sub)
@@ -340,10 +329,6 @@ def main(argv: list[str] | None = None) -> int:
         from worker.main import run_worker
 
         return run_worker(args)
-    if args.command == "quality":
-        from bench.quality import run
-
-        return run(args)
     if args.command in ("reload", "rollback", "versions"):
         from recgen import lifecycle
 

@@ -11,7 +11,7 @@
 The gateway sends each positive event with its type weight and its time;
 the worker adds the history the model version holds for the user, decays
 every weight by its age before the user's newest event (half-life 90 days,
-never below 1e-3: recgen/user_history.py, the definition export uses too)
+never below 1e-3: recgen/core/user_history.py, the definition export uses too)
 and folds in with confidences c = 1 + α·w, the same form as training. Only
 the newest HISTORY_CAP events are read per request: one user cannot make
 requests expensive; older events still exclude their items. Pure functions:
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recgen.user_history import HISTORY_CAP
+from recgen.core.user_history import HISTORY_CAP
 from server.state import Event
 
 TYPE_WEIGHTS = {"VIEW": 0.25, "CLICK": 1.0, "PURCHASE": 3.0}

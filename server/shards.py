@@ -53,7 +53,7 @@ def merge(answers: Sequence[ShardAnswer], k: int) -> list[tuple[int, int, float]
     if pool > 0:
         cands = heapq.nsmallest(pool, cands, key=lambda t: (-t[2].key, t[2].row))
         demotion = max(a.demotion for a in answers)
-        if demotion and len(cands) >= 2:  # as worker/dismissal.py does over one ranker's pool
+        if demotion and len(cands) >= 2:  # as recgen/core/dismissal.py does over one ranker's pool
             spread = max(c.score for _, _, c in cands) - min(c.score for _, _, c in cands)
             final = {(s, i): c.score - demotion * spread * c.near for s, i, c in cands}
     best = heapq.nsmallest(k, cands, key=lambda t: (-final[t[0], t[1]], -t[2].key, t[2].row))

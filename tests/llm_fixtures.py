@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from worker.prompt import build_user_message
+from recgen.core.prompt import build_user_message
 
 
 def train_tiny_llm(
@@ -26,7 +26,7 @@ def train_tiny_llm(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from export.llm import make_tiny_checkpoint, prompt_template
+    from export.llm.onnx_export import make_tiny_checkpoint, prompt_template
 
     ckpt = make_tiny_checkpoint(arch, root / "hf")
     tok = AutoTokenizer.from_pretrained(ckpt)

@@ -108,7 +108,7 @@ class ContextModel:
         """
         if not self.uses_intent() or not any(intents):
             return None
-        from worker.content_map import apply_content_map
+        from recgen.core.content_map import apply_content_map
 
         assert self.encoder is not None and self.content_map is not None
         uniq = sorted({t for t in intents if t})

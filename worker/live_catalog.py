@@ -6,7 +6,7 @@ text" exactly as export embedded the catalog (`recgen.repository.item_text`),
 and the learned linear map takes the embedding into the MF item space; the
 version's calibration scale (``encoder/content_calibration.json``, where export
 wrote one) then lengthens it so that it reaches users' top-k about as often as
-a trained item with the same taste would (bench/new_items.py). A
+a trained item with the same taste would (tools/new_items.py). A
 version exported without an encoder falls back to the mean factor of the
 items sharing the new item's categories (the global mean if none), so an
 upsert still works there, with less taste.
@@ -48,7 +48,7 @@ class Change:
 def stand_in_factors(model: Any, items: list[CatalogItem]) -> np.ndarray:
     """(m, d) factors for new items: content map of their text (times the version's
     calibration scale, where it has one), else category means."""
-    from worker.content_map import load_calibration, map_content
+    from recgen.core.content_map import load_calibration, map_content
 
     if model.encoder is not None and model.content_map is not None:
         emb = model.encoder.encode([item_text(it) for it in items])
@@ -127,7 +127,7 @@ def apply_changes(model: Any, changes: list[Change]) -> None:
         titles_changed = True
         LOG.info("live catalog: %d items added in %.0f ms", len(new_items), (time.perf_counter() - t) * 1e3)
     if titles_changed and model.checker is not None:
-        from worker.grounding import GroundingChecker
+        from recgen.core.grounding import GroundingChecker
 
         model.checker = GroundingChecker([it.title for it in model.catalog], boundary="word")
 

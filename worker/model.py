@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from recgen.core.foldin import FoldIn
+from recgen.core.user_history import USERS_DIR, History, UserHistories, empty_history
 from recgen.repository import CatalogItem, ModelRepository, ModelVersion
-from recgen.user_history import USERS_DIR, History, UserHistories, empty_history
 from worker.context import ContextModel, JobContext
-from worker.foldin import FoldIn
 from worker.metrics import Metrics
 from worker.onnx_session import providers_for
 from worker.ranking import Ranker, RankJob
@@ -49,16 +49,16 @@ class LoadedModel:
     catalog: list[CatalogItem]
     item_index: dict[str, int]
     ranker: Ranker
-    llm: Any | None  # worker.generation.Generator when the version has an LLM
+    llm: Any | None  # worker.llm.engine.Generator when the version has an LLM
     llm_cfg: dict[str, Any] | None
-    checker: Any | None  # worker.grounding.GroundingChecker
+    checker: Any | None  # recgen.core.grounding.GroundingChecker
     categories: dict[str, np.ndarray] = field(default_factory=dict)  # lower-cased -> (n,) bool
     # The version's text encoder and its map into MF space, loaded once and shared
     # (intent at ranking time, item text for live catalog updates); None without one.
     encoder: Any | None = None  # worker.encoder.TextEncoder
     content_map: np.ndarray | None = None  # (e + 1, d)
     content_rows: set[int] = field(default_factory=set)  # live-added rows: factors from their text
-    # The training users' histories this version holds (recgen/user_history.py); None for
+    # The training users' histories this version holds (recgen/core/user_history.py); None for
     # versions built before versions carried them.
     users: UserHistories | None = None
     data_end: float = float("-inf")  # newest event time in the version's data (its watermark)
@@ -112,7 +112,7 @@ class LoadedModel:
         )
         encoder = content_map = None
         if (mv.path / "encoder" / "content_map.npy").is_file():
-            from worker.content_map import load_content_map
+            from recgen.core.content_map import load_content_map
             from worker.encoder import TextEncoder
 
             encoder = TextEncoder(mv.path / "encoder", threads=cfg.threads, providers=providers)
@@ -122,8 +122,8 @@ class LoadedModel:
         ranker.context = ContextModel.load(mv.path, encoder, content_map)
         llm = llm_cfg = checker = None
         if (mv.path / "llm" / "llm.json").is_file():
-            from worker.generation import Generator
-            from worker.grounding import GroundingChecker
+            from recgen.core.grounding import GroundingChecker
+            from worker.llm.engine import Generator
 
             llm_cfg = json.loads((mv.path / "llm" / "llm.json").read_text())
             # No spinning: idle ORT threads busy-waiting would steal the cores

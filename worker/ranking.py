@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from recgen.core.dismissal import DEMOTION, MAX_DISMISSED, SIMILAR_FROM, demote_neighbours
+from recgen.core.foldin import FoldIn
 from worker.context import ContextModel, JobContext
-from worker.dismissal import DEMOTION, MAX_DISMISSED, SIMILAR_FROM, demote_neighbours
-from worker.foldin import FoldIn
 from worker.metrics import Metrics
 from worker.retrieval import Retriever
 from worker.scoring import Scorer

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
+from recgen.core.user_history import fold_in_weights, merge_live
 from recgen.repository import CatalogItem
-from recgen.user_history import fold_in_weights, merge_live
 from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker.batcher import Batcher, DeadlineExpired, QueueFull
 from worker.context import JobContext
@@ -98,7 +98,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
 
     def _job(self, request: worker_pb2.RankRequest, model: LoadedModel) -> RankJob:
         """The request as a ranking job: the version's history of the user plus the live
-        events, decayed and folded exactly as export evaluated them (recgen/user_history.py)."""
+        events, decayed and folded exactly as export evaluated them (recgen/core/user_history.py)."""
         index = model.item_index
         live = [(index[h.item_id], h.weight, h.timestamp) for h in request.history if h.item_id in index]
         live = [e for e in live if e[1] > 0]
@@ -198,9 +198,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
-        from worker.generation import QueueFull as GenQueueFull
-        from worker.prompt import RESPONSE_PRIMER, build_prompt, build_user_message
-        from worker.textgen import TextDone, generate_grounded
+        from recgen.core.prompt import RESPONSE_PRIMER, build_prompt, build_user_message
+        from worker.llm.engine import QueueFull as GenQueueFull
+        from worker.llm.grounded import TextDone, generate_grounded
 
         m = self.model
         self.metrics.inc("generate_requests")

@@ -5,7 +5,7 @@ fast: only health checks that time out can find it. The gateway must take it
 out of rotation, kill and restart it, and the requests that were in flight on
 it must be retried elsewhere, while clients keep getting answers. The full
 set of scenarios (SIGKILL, durability, overload, deadlines) is `make chaos`
-(bench/chaos.py); this is the one that guards the supervision logic.
+(tools/chaos.py); this is the one that guards the supervision logic.
 """
 
 from __future__ import annotations

@@ -17,12 +17,12 @@ import grpc
 import numpy as np
 import pytest
 
+from recgen.core.foldin import FoldIn
+from recgen.core.user_history import USERS_DIR, UserHistories
 from recgen.repository import ModelRepository
-from recgen.user_history import USERS_DIR, UserHistories
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from tests.procs import Gateway
-from worker.foldin import FoldIn
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.retrieval_bench import bench_catalog, run
-from bench.synthetic_catalog import (
+from recgen.core.foldin import FoldIn
+from tools.retrieval_bench import bench_catalog, run
+from tools.synthetic_catalog import (
     SyntheticConfig,
     extend_catalog,
     fit_catalog,
@@ -24,7 +25,6 @@ from bench.synthetic_catalog import (
     popularity_stats,
     user_queries,
 )
-from worker.foldin import FoldIn
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -136,7 +136,7 @@ def test_run_and_memory_hold(tmp_path: Path) -> None:
     json.dumps(res)  # serializable
     d = next(r["saved_to"] for r in res["rows"] if r["name"] == "4K")
     out = subprocess.run(
-        [sys.executable, "-m", "bench.memory", "hold", "--dir", d],
+        [sys.executable, "-m", "tools.memory", "hold", "--dir", d],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from export.content_map import fit_content_map
-from worker.content_map import apply_content_map, load_content_map
+from recgen.core.content_map import apply_content_map, load_content_map
 
 DIM, D, N = 384, 32, 3000
 

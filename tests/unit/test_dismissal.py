@@ -1,4 +1,4 @@
-"""DISMISS demotes the dismissed item's near neighbours a little (worker/dismissal.py),
+"""DISMISS demotes the dismissed item's near neighbours a little (recgen/core/dismissal.py),
 on a real loaded model version, for warm and cold users."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.dismissal import DEMOTION, SIMILAR_FROM, demote_neighbours
+from recgen.core.dismissal import DEMOTION, SIMILAR_FROM, demote_neighbours
 from worker.metrics import Metrics
 from worker.model import LoadedModel, WorkerConfig
 from worker.ranking import RankJob

@@ -152,7 +152,7 @@ def test_unloadable_provider_is_refused(exported: tuple[Path, dict]) -> None:
 
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
-        "import sys, worker.encoder, worker.content_map; "
+        "import sys, worker.encoder, recgen.core.content_map; "
         "heavy = ('torch', 'transformers', 'sentence_transformers'); "
         "bad = [m for m in heavy if m in sys.modules]; "
         "sys.exit(f'imported {bad}' if bad else 0)"

@@ -19,8 +19,8 @@ from export.evaluate import (
     train_matrix,
     user_histories,
 )
+from recgen.core.foldin import FoldIn
 from recgen.repository import CatalogItem
-from worker.foldin import FoldIn
 
 METRICS = ("hit_rate@10", "recall@10", "ndcg@10", "coverage@10", "users")
 

@@ -1,4 +1,4 @@
-"""export/llm.py: tiny GPT-2 / Llama / Qwen2 exported with optimum-onnx, run in real
+"""export/llm/onnx_export.py: tiny GPT-2 / Llama / Qwen2 exported with optimum-onnx, run in real
 ONNX Runtime sessions and compared with PyTorch's own greedy generation."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("optimum.exporters.onnx")
 pytest.importorskip("torch")
 
-from export.llm import LLM_FORMAT, export_llm, make_tiny_checkpoint  # noqa: E402
-from export.llm_quality import (  # noqa: E402
+from export.llm.onnx_export import LLM_FORMAT, export_llm, make_tiny_checkpoint  # noqa: E402
+from export.llm.quality import (  # noqa: E402
     catalog_text,
     greedy_generate_onnx,
     make_session,
@@ -203,7 +203,7 @@ def test_int8_quantization_ships_int8(tmp_path):
     # The prefill's last-position input survives quantization.
     assert meta["logits_to_keep_input"] == "logits_to_keep"
     assert "logits_to_keep" in {i.name for i in graph.input} & {i.name for i in graph.initializer}
-    from worker.generation import Generator
+    from worker.llm.engine import Generator
 
     # The worker feeds it; it caches the prompt prefix only when asked (int8 scales
     # each MatMul's input by its range, so leaving the prefix out changes the numbers).
@@ -248,7 +248,7 @@ def test_logits_to_keep_limits_the_lm_head_to_the_last_positions(exported, arch)
 def test_logits_to_keep_refuses_a_graph_without_a_plain_lm_head(tmp_path):
     from onnx import TensorProto, helper
 
-    from export.llm_logits import add_logits_to_keep
+    from export.llm.logits import add_logits_to_keep
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 3])
@@ -259,7 +259,7 @@ def test_logits_to_keep_refuses_a_graph_without_a_plain_lm_head(tmp_path):
 
 
 def test_int8_keeps_outlier_matmuls_in_fp32(tmp_path):
-    from export.llm_quantize import quantize_int8
+    from export.llm.quantize import quantize_int8
 
     ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
     meta = export_llm(
@@ -307,7 +307,7 @@ def test_bad_arguments_are_rejected(tmp_path):
 
 def test_position_ids_for_left_padding():
     """What the loop feeds for a left-padded batch: the convention of generate()."""
-    from export.llm_quality import position_ids_from_mask
+    from export.llm.quality import position_ids_from_mask
 
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     assert position_ids_from_mask(mask, 5).tolist() == [[1, 1, 0, 1, 2], [0, 1, 2, 3, 4]]

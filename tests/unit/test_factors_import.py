@@ -27,12 +27,12 @@ from export.mf import ALSParams, train_als
 from export.options import ExportOptions
 from export.pipeline import export_version, held_histories, served
 from recgen.cli import main
+from recgen.core.foldin import FoldIn
+from recgen.core.user_history import USERS_DIR, UserHistories
 from recgen.repository import ModelRepository
-from recgen.user_history import USERS_DIR, UserHistories
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from tests.procs import Gateway
-from worker.foldin import FoldIn
 
 REG, ALPHA = 0.1, 2.0
 

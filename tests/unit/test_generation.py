@@ -1,4 +1,4 @@
-"""worker/generation.py: continuous batching on real ONNX Runtime sessions of tiny
+"""worker/llm/engine.py: continuous batching on real ONNX Runtime sessions of tiny
 exported LLMs, checked against the unbatched reference loop (`generate_alone`)."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.detok import IncrementalDecoder
-from worker.generation import Finished, GenerationHandle, Generator, QueueFull, TextPiece
-from worker.kv_cache import KVCache, concat, left_pad, position_ids
-from worker.llm_batch import Request
-from worker.llm_schedule import PrefillPolicy
-from worker.prompt import build_prompt
+from recgen.core.prompt import build_prompt
+from worker.llm.batch import Request
+from worker.llm.detok import IncrementalDecoder
+from worker.llm.engine import Finished, GenerationHandle, Generator, QueueFull, TextPiece
+from worker.llm.kv_cache import KVCache, concat, left_pad, position_ids
+from worker.llm.schedule import PrefillPolicy
 
 ARCHS = ["gpt2", "llama", "qwen2"]
 MESSAGES = [
@@ -33,7 +33,7 @@ MESSAGES = [
 @pytest.fixture(scope="module")
 def llm_dirs(tmp_path_factory) -> dict[str, Path]:
     pytest.importorskip("optimum.exporters.onnx")
-    from export.llm import export_llm, make_tiny_checkpoint
+    from export.llm.onnx_export import export_llm, make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("llm")
     out = {}
@@ -360,7 +360,7 @@ def test_kv_cache_concat_select_and_trim():
 
 def test_serving_modules_never_import_torch():
     code = (
-        "import sys, worker.generation, worker.textgen, worker.grounding, worker.prompt; "
+        "import sys, worker.llm.engine, worker.llm.grounded, recgen.core.grounding, recgen.core.prompt; "
         "bad = sorted(m for m in ('torch', 'transformers', 'optimum') if m in sys.modules); "
         "sys.exit(f'imported {bad}' if bad else 0)"
     )
@@ -370,7 +370,7 @@ def test_serving_modules_never_import_torch():
 
 @pytest.mark.slow
 def test_stalled_reader_loses_its_decode_slot(gen):
-    from worker.generation import MAX_UNREAD_EVENTS
+    from worker.llm.engine import MAX_UNREAD_EVENTS
 
     async def main() -> None:
         stalled = gen.submit(_prompt(gen, MESSAGES[0]), max_new_tokens=MAX_UNREAD_EVENTS * 3)

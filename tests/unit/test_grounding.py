@@ -1,4 +1,4 @@
-"""worker/grounding.py: which catalog titles a text names, and what may be shown."""
+"""recgen/core/grounding.py: which catalog titles a text names, and what may be shown."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.grounding import GroundingChecker, StreamGuard, display_title, split_title
+from recgen.core.grounding import GroundingChecker, StreamGuard, display_title, split_title
 
 TITLES = [
     "Usual Suspects, The (1995)",  # 0

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from bench.echo_server import running_echo
-from bench.loadtest import KINDS, LoadConfig, Report, report_from_ghz, run_load
+from tools.echo_server import running_echo
+from tools.loadtest import KINDS, LoadConfig, Report, report_from_ghz, run_load
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,7 +190,7 @@ def test_cli_sweep_writes_json_and_png(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "bench.loadtest",
+            "tools.loadtest",
             "--echo",
             "--sweep-concurrency",
             "1,4",
@@ -229,7 +229,7 @@ def test_cli_sweep_writes_json_and_png(tmp_path: Path) -> None:
 
 def test_cli_needs_a_target() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.loadtest", "--duration", "1"],
+        [sys.executable, "-m", "tools.loadtest", "--duration", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,6 +1,6 @@
 """New items' stand-in vectors: the calibration scale export fits (held-out items reach users'
 top k as often as their true factors), and the worker applying it (versions without it as before).
-bench/new_items.py measures what it does on MovieLens-100K."""
+tools/new_items.py measures what it does on MovieLens-100K."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 
 from export.content_map import fit_content_map, fit_exposure_scale
-from recgen.repository import CatalogItem
-from worker.content_map import (
+from recgen.core.content_map import (
     CALIBRATION_FILE,
     ContentCalibration,
     apply_content_map,
     load_calibration,
     map_content,
 )
+from recgen.repository import CatalogItem
 from worker.live_catalog import stand_in_factors
 
 D = 16

@@ -1,4 +1,4 @@
-"""bench/quality.py: splits, exclusion and metrics on tiny data with hand-checked answers (no servers)."""
+"""tools/quality.py: splits, exclusion and metrics on tiny data with hand-checked answers (no servers)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bench import quality as q
+from tools import quality as q
 
 
 def arr(*v: int) -> np.ndarray:

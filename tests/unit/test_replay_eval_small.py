@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.replay_eval import (
+from export.data import CleaningReport, Dataset
+from recgen.repository import CatalogItem
+from server.state import Conflict, Event, StateStore
+from tools.replay_eval import (
     ArmStats,
     MetricContext,
     bootstrap_lift,
@@ -33,9 +36,6 @@ from bench.replay_eval import (
     user_groups,
     users_better,
 )
-from export.data import CleaningReport, Dataset
-from recgen.repository import CatalogItem
-from server.state import Conflict, Event, StateStore
 
 
 def toy(rows: list[tuple[str, int, float, float]], n_items: int = 6) -> Dataset:

@@ -10,7 +10,7 @@ import pytest
 from export.index import build_index, recall_at
 from export.mf import ALSParams, train_als
 from export.scorer_onnx import export_scorer
-from worker.foldin import FoldIn
+from recgen.core.foldin import FoldIn
 
 # The seed's worked example (section 4.5): user C and item 2.
 U_C = np.array([0.2, -0.1, 0.3, 0.4], dtype=np.float32)
@@ -128,7 +128,7 @@ def test_hnsw_candidate_meets_recall_target() -> None:
 
 
 def reference_als(user, item, n_users, n_items, p: ALSParams) -> tuple[np.ndarray, np.ndarray]:
-    """iALS with every row solved alone by the served fold-in (worker/foldin.py), no batching."""
+    """iALS with every row solved alone by the served fold-in (recgen/core/foldin.py), no batching."""
     key, count = np.unique(user.astype(np.int64) * n_items + item, return_counts=True)
     u, i, conf = key // n_items, key % n_items, (1.0 + p.alpha * count).astype(np.float32)
     rng = np.random.default_rng(p.seed)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recgen.user_history import fold_in_weights
+from recgen.core.user_history import fold_in_weights
 from server.feedback import history_events
 from server.state import (
     CatalogChange,

@@ -1,4 +1,4 @@
-"""The synthetic interaction logs (bench/synthetic_interactions.py) and loading them."""
+"""The synthetic interaction logs (tools/synthetic_interactions.py) and loading them."""
 
 import csv
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.synthetic_interactions import generate, main
 from export.data import load_files
+from tools.synthetic_interactions import generate, main
 
 pytest.importorskip("pyarrow")
 

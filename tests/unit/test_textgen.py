@@ -1,8 +1,8 @@
-"""worker/textgen.py + worker/prompt.py: grounded generation end to end.
+"""worker/llm/grounded.py + recgen/core/prompt.py: grounded generation end to end.
 
 A tiny GPT-2 is trained here, in the test, to answer the recommendation prompt
 with one fixed text that names a title outside the prompt; exported with
-export/llm.py and served by the real Generator, its stream must stop at that
+export/llm/onnx_export.py and served by the real Generator, its stream must stop at that
 title.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from worker.generation import Generator, LLMConfig
-from worker.grounding import GroundingChecker
-from worker.prompt import MAX_HISTORY, build_prompt, build_user_message, shown
-from worker.textgen import SafeText, TextDone, generate_grounded
+from recgen.core.grounding import GroundingChecker
+from recgen.core.prompt import MAX_HISTORY, build_prompt, build_user_message, shown
+from worker.llm.engine import Generator, LLMConfig
+from worker.llm.grounded import SafeText, TextDone, generate_grounded
 
 CATALOG = ["Star Wars (1977)", "Usual Suspects, The (1995)", "Fargo (1996)", "Heat (1995)"]
 STAR_WARS, SUSPECTS, FARGO = 0, 1, 2
@@ -38,7 +38,7 @@ def _train_and_export(root: Path) -> Path:
     pytest.importorskip("optimum.exporters.onnx")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from export.llm import export_llm, make_tiny_checkpoint, prompt_template
+    from export.llm.onnx_export import export_llm, make_tiny_checkpoint, prompt_template
 
     ckpt = make_tiny_checkpoint("gpt2", root / "hf")
     tok = AutoTokenizer.from_pretrained(ckpt)

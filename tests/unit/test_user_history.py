@@ -1,4 +1,4 @@
-"""recgen/user_history.py against a plain-Python reference: the version's users' histories
+"""recgen/core/user_history.py against a plain-Python reference: the version's users' histories
 (format, lookup, cap), the decay clock (the user's newest event, never the wall clock), and
 merging live events without counting a folded-in event twice."""
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recgen.user_history import (
+from recgen.core.user_history import (
     DECAY_FLOOR,
     HistoryArrays,
     UserHistories,

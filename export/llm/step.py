@@ -1,0 +1,56 @@
+"""The export pipeline's language-model step: export, then measure on this catalog.
+
+Perplexity is measured on held-out catalog text ("Title (year) is a Drama
+film.") and the grounding rate on real users' prompts (export/llm/grounding_rate.py),
+for fp32 and, when int8 is served, for int8 too.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from export.data import Dataset
+from export.llm.grounding_rate import grounding_rate, sample_prompts
+from export.llm.onnx_export import export_llm
+from export.llm.quality import catalog_text
+
+if TYPE_CHECKING:
+    from export.options import ExportOptions
+
+LOG = logging.getLogger(__name__)
+
+QUALITY_TEXTS = 200
+GROUNDING_PROMPTS = 32
+
+
+def held_out_texts(ds: Dataset, n: int = QUALITY_TEXTS, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(ds.n_items, size=min(n, ds.n_items), replace=False)
+    return [catalog_text(ds.items[i].title, None, ds.items[i].categories) for i in sorted(picks)]
+
+
+def export_llm_for_catalog(
+    ds: Dataset, opts: ExportOptions, out_dir: Path, factors: np.ndarray, reg: float, alpha: float
+) -> dict[str, Any]:
+    titles = [it.title for it in ds.items]
+    cases = sample_prompts(ds, factors, reg, alpha, GROUNDING_PROMPTS, opts.seed)
+
+    def grounding(llm_dir: Path, precision: str) -> dict[str, Any]:
+        res = grounding_rate(llm_dir, titles, cases)
+        LOG.info("grounding %s: %s", precision, res)
+        return {f"{k}_{precision}": v for k, v in res.items()}
+
+    return export_llm(
+        opts.llm,
+        out_dir,
+        wheels_dir=opts.wheels_dir,
+        quantize=opts.quantize,
+        progress=opts.progress,
+        quality_texts=held_out_texts(ds),
+        validate=opts.llm is None,
+        extra_quality=grounding,
+    )

@@ -1,0 +1,118 @@
+"""Grounded text generation: the LLM's stream, released only as far as it is grounded.
+
+`generate_grounded` submits a prompt to the `Generator`, passes every piece
+through a `StreamGuard` and yields the text that is safe to show. The first
+mention of an item outside `allowed` cancels the generation at once (the
+sequence leaves the batch before the next decode step) and ends the stream
+with stop_reason "ungrounded"; nothing after the last clean boundary before
+that mention is ever yielded.
+
+This module builds no prompts and picks no items: the caller says what is
+allowed (the items shown in the prompt).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Collection
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from recgen.core.grounding import GroundingChecker, Mention, StreamGuard
+from worker.llm.engine import Finished, Generator, TextPiece
+
+LOG = logging.getLogger(__name__)
+
+TextStopReason = Literal["eos", "length", "deadline", "ungrounded", "cancelled", "error"]
+
+
+@dataclass(frozen=True)
+class SafeText:
+    """Text that passed the grounding check, in stream order."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TextDone:
+    """The last event. text: everything shown (all SafeText pieces joined)."""
+
+    stop_reason: TextStopReason
+    reason: str
+    text: str
+    tokens: int
+    violation: Mention | None = None
+
+
+TextEvent = SafeText | TextDone
+
+_REASONS = {
+    "eos": "the model ended its text",
+    "length": "max_new_tokens reached",
+    "deadline": "the deadline passed",
+    "cancelled": "cancelled",
+}
+
+
+async def generate_grounded(
+    generator: Generator,
+    checker: GroundingChecker,
+    prompt: str,
+    allowed: Collection[int],
+    *,
+    primer: str = "",
+    **gen_kwargs: Any,
+) -> AsyncIterator[TextEvent]:
+    """Yield SafeText pieces, then one TextDone. gen_kwargs go to `Generator.submit`.
+
+    primer: the answer's first words, already at the end of `prompt`; shown as
+    the start of the text and checked like the rest of it.
+    Raises what submit raises (QueueFull, ValueError, GeneratorClosed) before
+    the first event. If the consumer stops early, the generation is cancelled.
+    """
+    guard = StreamGuard(checker, allowed)
+    handle = generator.submit(prompt, **gen_kwargs)
+    if primer:
+        safe = guard.feed(primer)
+        if safe:
+            yield SafeText(safe)
+    try:
+        async for event in handle:
+            if isinstance(event, TextPiece):
+                safe = guard.feed(event.text)
+                if guard.violation is not None:
+                    handle.cancel()  # stop decoding before doing anything else
+                if safe:
+                    yield SafeText(safe)
+                if guard.violation is not None:
+                    yield _ungrounded(guard, len(handle.token_ids))
+                    return
+            else:
+                assert isinstance(event, Finished)
+                rest = guard.finish()
+                if rest:
+                    yield SafeText(rest)
+                if guard.violation is not None:
+                    yield _ungrounded(guard, event.tokens)
+                    return
+                reason = event.error if event.reason == "error" else _REASONS[event.reason]
+                if handle.slow_reader:
+                    reason = "the reader fell behind the text; generation stopped"
+                yield TextDone(event.reason, reason or "error", guard.released_text, event.tokens)
+                return
+    finally:
+        if handle.finished is None:
+            handle.cancel()
+
+
+def _ungrounded(guard: StreamGuard, tokens: int) -> TextDone:
+    bad = guard.violation
+    assert bad is not None
+    LOG.info("ungrounded text stopped: %r names item %d, not in the prompt", bad.matched, bad.item_index)
+    return TextDone(
+        "ungrounded",
+        f"the text names {bad.matched!r} (item {bad.item_index}), which was not in the prompt",
+        guard.released_text,
+        tokens,
+        bad,
+    )
