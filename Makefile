@@ -59,6 +59,11 @@ serve: install data $(MODELS)/.exported
 test: install data
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# README.md's Layout block, regenerated from the tree (tests/unit/test_layers.py checks it).
+.PHONY: readme-layout
+readme-layout:
+	$(PY) -m tools.readme_layout --write
+
 # Load test: our own gateway and an empty echo server (the ceiling of any Python
 # gRPC service here) under the same bounded load in one run; closed-loop and
 # open-loop sweeps with a mixed workload. Writes docs/loadtest.json and .png;

@@ -1,0 +1,1 @@
+"""The offline half (`recgen export`): data → iALS → ONNX scorer, FAISS index, encoder, LLM → version."""

@@ -1,6 +1,6 @@
 """The export's memory budget: parsing `--max-memory`, and planning work within it.
 
-One number bounds the whole `recgen export` process (`ExportOptions.max_memory`,
+One number bounds the whole `recgen export` process (`ExportConfig.max_memory`,
 default half the machine's RAM, or of the cgroup limit if lower). A stage asks
 how much of it is left (`headroom`: the budget minus what the process holds
 now) and sizes its chunks from that; a stage whose smallest possible step

@@ -23,7 +23,7 @@ import numpy as np
 from export.content_map import fit_content_map
 from export.data import Dataset
 from export.encoder import export_encoder
-from recgen.core.content_map import CALIBRATION_FILE, ContentCalibration
+from recgen.core.content_map import CALIBRATION_FILE, CONTENT_MAP_FILE, ContentCalibration
 from recgen.core.foldin import FoldIn
 from recgen.repository import item_text
 from worker.encoder import TextEncoder
@@ -93,7 +93,7 @@ def export_content(
     counts = np.bincount(ds.item, minlength=ds.n_items)
     users = calibration_users(ds, factors, reg, alpha)
     w_map, calibration, report = fit_item_content_map(emb, factors, counts, users)
-    np.save(out_dir / "content_map.npy", w_map.astype(np.float32))
+    np.save(out_dir / CONTENT_MAP_FILE, w_map.astype(np.float32))
     if calibration is not None:
         (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration.to_json()) + "\n")
     LOG.info("content map: %s", {k: v for k, v in report.items() if not isinstance(v, list)})

@@ -45,14 +45,9 @@ from export.context_features import fit_lift, fit_weights, local_time_features, 
 from export.data import Dataset
 from export.evaluate import Split, leave_last_out
 from export.mf import ALSParams
-from worker.context import (
-    CONTEXT_DIR,
-    CONTEXT_FILE,
-    FORMAT,
-    HOUR_BUCKETS,
-    HOUR_LIFT_FILE,
-    WEEKEND_LIFT_FILE,
-)
+from recgen.core.content_map import CONTENT_MAP_FILE
+from recgen.core.context_features import HOUR_BUCKETS
+from recgen.core.formats import CONTEXT_FILE, CONTEXT_FORMAT, HOUR_LIFT_FILE, WEEKEND_LIFT_FILE
 
 LOG = logging.getLogger(__name__)
 
@@ -111,7 +106,7 @@ def learn_context(
     outer = _sample(outer, max_users, rng)
 
     encoder = None
-    if encoder_dir is not None and (encoder_dir / "content_map.npy").is_file():
+    if encoder_dir is not None and (encoder_dir / CONTENT_MAP_FILE).is_file():
         from recgen.repository import item_text
         from worker.encoder import TextEncoder
 
@@ -168,7 +163,7 @@ def learn_context(
         if any(served[m]["weekday"] for m in served):
             np.save(out_dir / WEEKEND_LIFT_FILE, fit_lift(ds.item, we, ds.n_items, 2))
     config = {
-        "format": FORMAT,
+        "format": CONTEXT_FORMAT,
         "hour_buckets": HOUR_BUCKETS,
         "utc_offset_hours_assumed": offset,
         "weights": served,
@@ -191,7 +186,6 @@ def learn_context(
 
 # fit_lift, local_time_features and format_table are re-exported for callers of this module.
 __all__ = [
-    "CONTEXT_DIR",
     "ContextOptions",
     "fit_lift",
     "format_table",

@@ -20,8 +20,8 @@ import numpy as np
 from export.data import Dataset
 from export.evaluate import K, Split, user_histories
 from export.mf import ALSParams, train_als
+from recgen.core.context_features import HOUR_BUCKETS, hour_bucket, weekend_flag
 from recgen.core.foldin import FoldIn
-from worker.context import HOUR_BUCKETS, hour_bucket, weekend_flag
 
 # Pseudo-interactions pulling an item's lifts toward 0 (no effect): an item
 # with n interactions keeps about n / (n + PRIOR) of its raw log-lift.

@@ -27,7 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from worker.encoder import CONFIG_FILE, FORMAT, MODEL_FILE, TOKENIZER_FILE, TextEncoder
+from recgen.core.formats import (
+    ENCODER_CONFIG_FILE,
+    ENCODER_FORMAT,
+    ENCODER_MODEL_FILE,
+    ENCODER_TOKENIZER_FILE,
+)
+from worker.encoder import TextEncoder
 
 LOG = logging.getLogger(__name__)
 
@@ -131,12 +137,12 @@ def _export_onnx(model_dir: Path, out_dir: Path) -> None:
                 local_files_only=True,
                 do_validation=False,  # we validate the whole pipeline below instead
             )
-        src = Path(tmp) / MODEL_FILE
+        src = Path(tmp) / ENCODER_MODEL_FILE
         if not src.is_file():
-            raise EncoderExportError(f"optimum wrote no {MODEL_FILE} (got {os.listdir(tmp)})")
+            raise EncoderExportError(f"optimum wrote no {ENCODER_MODEL_FILE} (got {os.listdir(tmp)})")
         if any(p.name.endswith(".onnx_data") for p in Path(tmp).iterdir()):
             raise EncoderExportError("unexpected external ONNX weights for a 90 MB model")
-        shutil.move(str(src), out_dir / MODEL_FILE)
+        shutil.move(str(src), out_dir / ENCODER_MODEL_FILE)
 
 
 def _write_tokenizer(model_dir: Path, out_dir: Path, max_length: int) -> None:
@@ -147,7 +153,7 @@ def _write_tokenizer(model_dir: Path, out_dir: Path, max_length: int) -> None:
     # pads each batch to its own longest text instead.
     tok.no_padding()
     tok.enable_truncation(max_length=max_length)
-    tok.save(str(out_dir / TOKENIZER_FILE))
+    tok.save(str(out_dir / ENCODER_TOKENIZER_FILE))
 
 
 def _validate(model_dir: Path, out_dir: Path) -> dict[str, float]:
@@ -207,7 +213,7 @@ def export_encoder(
 
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(out_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(out_dir / ENCODER_MODEL_FILE), providers=["CPUExecutionProvider"])
         input_names = [i.name for i in sess.get_inputs()]
         output_name = sess.get_outputs()[0].name
         del sess
@@ -220,9 +226,9 @@ def export_encoder(
         }
         from tokenizers import Tokenizer
 
-        pad_id = Tokenizer.from_file(str(out_dir / TOKENIZER_FILE)).token_to_id("[PAD]")
+        pad_id = Tokenizer.from_file(str(out_dir / ENCODER_TOKENIZER_FILE)).token_to_id("[PAD]")
         config = {
-            "format": FORMAT,
+            "format": ENCODER_FORMAT,
             "dim": st_cfg["dim"],
             "max_length": max_length,
             "pooling": "mean",
@@ -232,7 +238,7 @@ def export_encoder(
             "pad_id": 0 if pad_id is None else int(pad_id),
             "source": source,
         }
-        (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (out_dir / ENCODER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
 
         validation = None
         if validate:
@@ -248,7 +254,7 @@ def export_encoder(
         "dim": st_cfg["dim"],
         "max_length": max_length,
         "input_names": input_names,
-        "onnx_bytes": (out_dir / MODEL_FILE).stat().st_size,
+        "onnx_bytes": (out_dir / ENCODER_MODEL_FILE).stat().st_size,
         "export_s": round(t_export, 2),
         "total_s": round(time.perf_counter() - t0, 2),
         "validation": validation,

@@ -28,11 +28,10 @@ from dataclasses import replace
 import numpy as np
 
 from export.data import Dataset
+from recgen.core.feedback import POSITIVE_TYPES
 from recgen.repository import CatalogItem
 
 LOG = logging.getLogger(__name__)
-
-POSITIVE = ("VIEW", "CLICK", "PURCHASE", "RATE")
 
 
 def fold_feedback(
@@ -67,7 +66,7 @@ def fold_feedback(
     dismissed = {(e.user_id, e.item_id) for e in events if e.type == "DISMISS"}
     used = 0
     for e in events:
-        if e.type in POSITIVE and e.item_id in index:
+        if e.type in POSITIVE_TYPES and e.item_id in index:
             rows_u.append(e.user_id)
             rows_i.append(e.item_id)
             rows_r.append(float(e.value) if e.type == "RATE" and e.value is not None else 1.0)
@@ -117,9 +116,9 @@ def fold_feedback(
 
 def load_feedback(state: str) -> tuple[list, list, dict[str, float]]:
     """Every event, catalog change and ForgetUser tombstone in a gateway's state store."""
-    from server.state import StateStore
+    from server.state import open_store
 
-    store = StateStore(state)
+    store = open_store(state)
     try:
         return store.all_events_sync(), store.catalog_changes_sync(0), store.forgotten_users_sync()
     finally:

@@ -5,13 +5,13 @@ Larger ones get whichever candidate answers the tuning queries fastest, measured
 batch size *with user vectors as queries* (item vectors as queries flatter an index: each finds
 itself), among those whose recall@100 against exact search meets the target:
 - exact search itself;
-- norm-bounded exact search (worker.retrieval.NormBounded) at several head shares: exact search
+- norm-bounded exact search (recgen.core.index_types.NormBounded) at several head shares: exact search
   over the items with the largest norms, certified per query by Cauchy–Schwarz, the uncertified
   queries searched over the whole catalog. Its recall is that of exact search. MF factor norms
   follow popularity, and the answers to user queries concentrate on high-norm items, so a small
   head certifies most queries;
 - HNSW over items lifted to d+1 dimensions where L2 order equals inner-product order (Bachrach et
-  al. 2014): x' = [x, √(M² − |x|²)], q' = [q, 0] (`mips_queries`), efSearch raised until the
+  al. 2014): x' = [x, √(M² − |x|²)], q' = [q, 0] (recgen.core.index_types), efSearch raised until the
   target is met. HNSW's graph assumes a metric, and inner product is not one.
 What was measured is returned for the manifest. Does not filter seen items (the worker does).
 """
@@ -26,7 +26,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from worker.retrieval import NormBounded
+from recgen.core.formats import INDEX_FLAT, INDEX_HNSW, INDEX_NORM_BOUNDED
+from recgen.core.index_types import NormBounded, mips_items, mips_queries
 
 LOG = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ MEASURE_BATCH = 64  # the worker's default max_batch: throughput is measured in 
 
 @dataclass
 class IndexChoice:
-    kind: str  # "flat" | "norm_bounded" | "hnsw" (worker.retrieval.Retriever loads each)
+    kind: str  # INDEX_FLAT | INDEX_NORM_BOUNDED | INDEX_HNSW (worker.retrieval.Retriever loads each)
     params: dict[str, Any] = field(default_factory=dict)
     recall_at_100: float = 1.0
     queries_per_s: float = 0.0
@@ -51,17 +52,6 @@ class IndexChoice:
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     hits = sum(len(np.intersect1d(f[f >= 0], t)) for f, t in zip(found, truth, strict=True))
     return hits / truth.size
-
-
-def mips_items(x: np.ndarray) -> np.ndarray:
-    """(n, d) -> (n, d+1) with equal norms M: L2 nearest = largest inner product."""
-    norms2 = (x.astype(np.float64) ** 2).sum(axis=1)
-    extra = np.sqrt(np.maximum(norms2.max() - norms2, 0.0))
-    return np.hstack([x, extra[:, None]]).astype(np.float32)
-
-
-def mips_queries(q: np.ndarray) -> np.ndarray:
-    return np.hstack([q, np.zeros((q.shape[0], 1), q.dtype)]).astype(np.float32)
 
 
 Searchable = faiss.Index | NormBounded
@@ -166,9 +156,11 @@ def build_index(
     _, truth = flat.search(xq, k)
     exact_qps, _ = _qps(flat, xq, k, batch)
     if n <= exact_max_items:
-        return flat, IndexChoice("flat", {}, 1.0, exact_qps, exact_qps)
+        return flat, IndexChoice(INDEX_FLAT, {}, 1.0, exact_qps, exact_qps)
 
-    found: list[tuple[Searchable, IndexChoice]] = [(flat, IndexChoice("flat", {}, 1.0, exact_qps, exact_qps))]
+    found: list[tuple[Searchable, IndexChoice]] = [
+        (flat, IndexChoice(INDEX_FLAT, {}, 1.0, exact_qps, exact_qps))
+    ]
     measured: dict[str, Any] = {"exact_queries_per_s": round(exact_qps, 1), "batch": batch}
     nbs = _norm_bounded_candidates(flat, xq, truth, k, head_shares, batch)
     measured["norm_bounded"] = [row for _, row in nbs]
@@ -178,7 +170,7 @@ def build_index(
                 key: row[key] for key in ("head_items", "head_share", "tail_max_norm", "fallback_share")
             }
             found.append(
-                (nb, IndexChoice("norm_bounded", params, row["recall_at_100"], row["queries_per_s"]))
+                (nb, IndexChoice(INDEX_NORM_BOUNDED, params, row["recall_at_100"], row["queries_per_s"]))
             )
     best_qps = max(c.queries_per_s for _, c in found)
     if hnsw_m is not None and best_qps >= EXACT_IS_ENOUGH * exact_qps:
@@ -192,7 +184,7 @@ def build_index(
         measured["hnsw"] = row
         if row["recall_at_100"] >= recall_target:
             params = {key: row[key] for key in ("M", "efSearch", "mips_to_l2")}
-            found.append((hnsw, IndexChoice("hnsw", params, row["recall_at_100"], row["queries_per_s"])))
+            found.append((hnsw, IndexChoice(INDEX_HNSW, params, row["recall_at_100"], row["queries_per_s"])))
         else:
             LOG.info(
                 "HNSW missed recall target %.3f (%.4f): not a candidate", recall_target, row["recall_at_100"]

@@ -8,11 +8,11 @@ a crash at any step leaves no version that looks complete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,26 +21,27 @@ import numpy as np
 
 from export.budget import BudgetError
 from export.data import DataError, Dataset, load_files, load_movielens100k
-from export.ease import evaluate_ease
-from export.evaluate import (
-    Histories,
-    evaluate_mf,
-    evaluate_popularity,
-    leave_last_out,
-    sample_split,
-)
 from export.factors_import import QUALITY_NOTE as IMPORTED_QUALITY_NOTE
 from export.factors_import import ImportedFactors
 from export.index import EXACT_MAX_ITEMS, build_index, save_index
-from export.mf import ALSParams, train_als
-from export.options import ExportOptions
+from export.mf import train_als
+from export.model_selection import choose_params, evaluate_all
 from export.scorer_onnx import export_scorer
+from recgen.config.export import ExportConfig
 from recgen.core.foldin import FoldIn
+from recgen.core.formats import (
+    CONTEXT_DIR,
+    ENCODER_DIR,
+    INDEX_FILE,
+    ITEM_FACTORS_FILE,
+    ITEM_POPULARITY_FILE,
+    LLM_DIR,
+    SCORER_FILE,
+)
 from recgen.core.user_history import (
     HALF_LIFE_DAYS,
     HISTORY_CAP,
     USERS_DIR,
-    HistoryArrays,
     write_user_histories,
 )
 from recgen.promotion import GateRefused, pin, promote, prune
@@ -48,156 +49,14 @@ from recgen.repository import Manifest, VersionWriter, write_catalog
 
 LOG = logging.getLogger(__name__)
 
-# Candidates tried on a validation split (each user's second-to-last item);
-# the test split (last item) is only used once, for the reported numbers.
-# All near 32 factors with light L2 and low confidence: `make quality` (docs/quality.md) measured
-# that 64- and 128-factor models, which the noisy one-item validation picked in 2 of 4 exports,
-# lose 11-25 % NDCG@10 on a per-user random 80/20 split (0.31-0.37 vs 0.41 on ML-100K, even at
-# λ 5) and gain nothing on leave-last-one-out (0.071-0.076 vs 0.077-0.078); 32 factors also
-# train in a fraction of the time.
-TUNING_GRID = [
-    ALSParams(factors=32, reg=0.01, alpha=1.0),
-    ALSParams(factors=32, reg=0.1, alpha=2.0),
-    ALSParams(factors=32, reg=0.05, alpha=1.0),
-    ALSParams(factors=32, reg=0.1, alpha=1.0),
-    ALSParams(factors=24, reg=0.05, alpha=1.0),
-]
-
 
 def _step(name: str) -> float:
     LOG.info("export: %s", name)
     return time.perf_counter()
 
 
-def held_histories(ds: Dataset, rows: np.ndarray) -> HistoryArrays:
-    """The histories a version built from these rows holds (capped, newest first)."""
-    return HistoryArrays.build(ds.user[rows], ds.item[rows], ds.timestamp[rows], ds.n_users)
-
-
-def served(held: HistoryArrays, alpha: float) -> Histories:
-    """Each user's fold-in input exactly as a worker computes it for a known user (decay from
-    the user's newest event, the newest HISTORY_CAP events): offline numbers = served numbers."""
-    return lambda users: [held.fold_in(int(u), alpha) for u in users]
-
-
-def choose_params(
-    ds: Dataset, opts: ExportOptions, keep: dict[str, np.ndarray] | None = None
-) -> tuple[ALSParams, list[dict[str, Any]]]:
-    """Fixed params if all given; else the best of the grid on validation NDCG@10.
-
-    Each trial ranks a fixed sample (seed opts.seed) of at most MAX_TUNING_USERS validation
-    users (export.evaluate.sample_split), so tuning cost does not grow with the user count;
-    each trial's result records the metrics' standard errors over that sample.
-    keep: if given, receives the chosen model's item factors as "validation" (reused
-    by the context step instead of training again).
-    """
-    grid = TUNING_GRID
-    if opts.factors is not None or opts.reg is not None or opts.alpha is not None:
-        base = ALSParams()
-        grid = [
-            ALSParams(
-                factors=opts.factors or base.factors,
-                reg=base.reg if opts.reg is None else opts.reg,
-                alpha=base.alpha if opts.alpha is None else opts.alpha,
-            )
-        ]
-    grid = [ALSParams(p.factors, p.reg, p.alpha, opts.iterations, opts.seed) for p in grid]
-    if len(grid) == 1:
-        return grid[0], []
-    outer = leave_last_out(ds)
-    val = leave_last_out(ds, outer.train_rows)  # hold out the second-to-last item
-    val = sample_split(val, seed=opts.seed)
-    val_held = held_histories(ds, val.train_rows)
-    trials = []
-    trained = []
-    for i, p in enumerate(grid, 1):
-        if opts.progress:
-            LOG.info("tuning trial %d/%d: %s on %d validation users", i, len(grid), p, len(val.test_user))
-        m = train_als(
-            ds.user[val.train_rows],
-            ds.item[val.train_rows],
-            ds.n_users,
-            ds.n_items,
-            p,
-            progress=opts.progress,
-            max_memory=opts.max_memory,
-        )
-        trained.append(m.item_factors)
-        res = evaluate_mf(
-            ds,
-            val,
-            m.item_factors,
-            p.reg,
-            p.alpha,
-            histories=served(val_held, p.alpha),
-            max_memory=opts.max_memory,
-            progress=opts.progress,
-        )
-        trials.append({"params": p.to_json(), "validation": res})
-        LOG.info(
-            "tuning %s: validation NDCG@10 %.4f ± %.4f HR@10 %.4f ± %.4f (%d users)",
-            p,
-            res["ndcg@10"],
-            res["ndcg@10_se"],
-            res["hit_rate@10"],
-            res["hit_rate@10_se"],
-            res["users"],
-        )
-    best = max(range(len(grid)), key=lambda i: trials[i]["validation"]["ndcg@10"])
-    if keep is not None:
-        keep["validation"] = trained[best]
-    return grid[best], trials
-
-
-def evaluate_all(
-    ds: Dataset,
-    params: ALSParams,
-    opts: ExportOptions,
-    keep: dict[str, np.ndarray] | None = None,
-    imported: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """imported: item factors trained elsewhere on all data, evaluated as they are (no training)."""
-    split = leave_last_out(ds)
-    if imported is None:
-        item_factors = train_als(
-            ds.user[split.train_rows],
-            ds.item[split.train_rows],
-            ds.n_users,
-            ds.n_items,
-            params,
-            progress=opts.progress,
-            max_memory=opts.max_memory,
-        ).item_factors
-    else:
-        item_factors = imported
-    if keep is not None:
-        keep["test"] = item_factors  # reused by the context step
-    limits: dict[str, Any] = {"max_memory": opts.max_memory, "progress": opts.progress}
-    out: dict[str, Any] = {
-        "protocol": "temporal leave-last-one-out, all ratings positive, ties in file order, "
-        "all unseen items ranked",
-        "mf": evaluate_mf(
-            ds,
-            split,
-            item_factors,
-            params.reg,
-            params.alpha,
-            histories=served(held_histories(ds, split.train_rows), params.alpha),
-            **limits,
-        ),
-        "popularity": evaluate_popularity(ds, split, **limits),
-    }
-    if opts.evaluate_ease:
-        try:  # a baseline only: where it does not fit, say so and go on
-            out["ease"] = evaluate_ease(ds, split, max_seconds=opts.ease_max_seconds, **limits)
-        except BudgetError as e:
-            LOG.warning("EASE baseline skipped: %s", e)
-            out["ease_skipped"] = str(e)
-    return out
-
-
 def export_version(
-    ds: Dataset, root: Path, opts: ExportOptions, imported: ImportedFactors | None = None
+    ds: Dataset, root: Path, opts: ExportConfig, imported: ImportedFactors | None = None
 ) -> Path:
     """Build one complete model version from a dataset; returns its path.
 
@@ -256,9 +115,9 @@ def export_version(
             "data_end": float(ds.timestamp.max()) if len(ds) else float("-inf"),
             "forgotten_through": opts.forgotten_through,
         }
-        np.save(w.path / "item_factors.npy", factors)
-        np.save(w.path / "item_popularity.npy", popularity)
-        export_scorer(params.factors, w.path / "scorer.onnx")
+        np.save(w.path / ITEM_FACTORS_FILE, factors)
+        np.save(w.path / ITEM_POPULARITY_FILE, popularity)
+        export_scorer(params.factors, w.path / SCORER_FILE)
 
         t = _step("building the FAISS index")
         # Sample queries: 2,000 users' vectors exactly as the workers will fold them in.
@@ -271,7 +130,7 @@ def export_version(
         index, choice = build_index(
             factors, queries, recall_target=opts.recall_target, exact_max_items=exact_max
         )
-        save_index(index, str(w.path / "items.faiss"))
+        save_index(index, str(w.path / INDEX_FILE))
         metrics["index"] = choice.to_json()
 
         dims: dict[str, int] = {"factors": params.factors}
@@ -280,7 +139,7 @@ def export_version(
             from export.content_step import export_content
 
             enc = export_content(
-                ds, factors, w.path / "encoder", progress=opts.progress, reg=params.reg, alpha=params.alpha
+                ds, factors, w.path / ENCODER_DIR, progress=opts.progress, reg=params.reg, alpha=params.alpha
             )
             dims["encoder"] = int(enc["dim"])
             metrics["content_map"] = enc["report"]
@@ -288,17 +147,17 @@ def export_version(
             t = _step("learning what request context adds (ablation on held-out data)")
             from export.context import ContextOptions, learn_context
 
-            enc_dir = w.path / "encoder" if opts.with_encoder else None
+            enc_dir = w.path / ENCODER_DIR if opts.with_encoder else None
             ctx_opts = ContextOptions(seed=opts.seed)
             emb = enc["embeddings"] if opts.with_encoder else None
             metrics["context"] = learn_context(
-                ds, params, w.path / "context", enc_dir, ctx_opts, emb, split_factors
+                ds, params, w.path / CONTEXT_DIR, enc_dir, ctx_opts, emb, split_factors
             )
         if opts.with_llm:
             t = _step("exporting the language model")
             from export.llm.step import export_llm_for_catalog
 
-            llm = export_llm_for_catalog(ds, opts, w.path / "llm", factors, params.reg, params.alpha)
+            llm = export_llm_for_catalog(ds, opts, w.path / LLM_DIR, factors, params.reg, params.alpha)
             metrics["llm"] = llm.get("quality", {})
             extra_params["llm"] = {k: llm[k] for k in ("source", "architecture", "precision") if k in llm}
 
@@ -358,95 +217,74 @@ def _summary(path: Path) -> str:
     return "\n".join(lines)
 
 
-def _imported_factors(args: argparse.Namespace, ds: Dataset) -> ImportedFactors | None:
+def _imported_factors(cfg: ExportConfig, ds: Dataset) -> ImportedFactors | None:
     """`--factors-from`: factors trained elsewhere, on ds's catalog (None: train here)."""
     from export.factors_import import FactorsError, load_factors
 
-    npy_flags = [f for f in ("item_ids", "user_factors", "user_ids") if getattr(args, f, None)]
-    if not getattr(args, "factors_from", None):
-        if npy_flags:
-            raise FactorsError(f"--{npy_flags[0].replace('_', '-')} goes with --factors-from")
-        return None
+    if not cfg.factors_from:
+        return None  # ExportConfig refused npy flags without --factors-from
     imported = load_factors(
-        args.factors_from,
+        cfg.factors_from,
         ds,
-        fmt=args.factors_format,
-        reg=args.reg,
-        alpha=args.alpha,
-        item_ids=args.item_ids,
-        user_factors=args.user_factors,
-        user_ids=args.user_ids,
+        fmt=cfg.factors_format,
+        reg=cfg.reg,
+        alpha=cfg.alpha,
+        item_ids=cfg.item_ids,
+        user_factors=cfg.user_factors,
+        user_ids=cfg.user_ids,
     )
-    if args.factors is not None and args.factors != imported.params.factors:
-        raise FactorsError(f"--factors {args.factors}: {args.factors_from} has {imported.params.factors}")
+    if cfg.factors is not None and cfg.factors != imported.params.factors:
+        raise FactorsError(f"--factors {cfg.factors}: {cfg.factors_from} has {imported.params.factors}")
     return imported
 
 
-def run_export(args: argparse.Namespace) -> int:
+def run_export(cfg: ExportConfig) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch weights from a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    opts = ExportOptions(
-        llm=args.llm,
-        with_llm=not args.no_llm,
-        with_encoder=not args.no_encoder,
-        with_context=not args.no_context,
-        quantize=args.quantize,
-        factors=args.factors,
-        reg=args.reg,
-        alpha=args.alpha,
-        iterations=args.iterations,
-        recall_target=args.recall_target,
-        seed=args.seed,
-        progress=not args.quiet,
-        max_memory=args.max_memory,
-        wheels_dir=Path(args.wheels),
-    )
     try:
-        if bool(args.interactions) != bool(args.items):
-            raise DataError("--interactions and --items go together")
         ds = (
-            load_files(args.interactions, args.items)
-            if args.interactions
-            else load_movielens100k(args.wheels)
+            load_files(cfg.interactions, cfg.items)
+            if cfg.interactions and cfg.items
+            else load_movielens100k(cfg.wheels_dir)
         )
     except DataError as e:
         LOG.error("%s", e)
         print(f"recgen export: {e}")
         return 2
-    if getattr(args, "feedback", None):
+    if cfg.feedback:
         from export.feedback_data import fold_feedback, load_feedback
 
-        if "://" not in args.feedback and not Path(args.feedback).is_file():
-            print(f"recgen export: --feedback {args.feedback}: no such state store file")
+        if "://" not in cfg.feedback and not Path(cfg.feedback).is_file():
+            print(f"recgen export: --feedback {cfg.feedback}: no such state store file")
             return 2
-        events, changes, forgotten = load_feedback(args.feedback)
+        events, changes, forgotten = load_feedback(cfg.feedback)
         ds = fold_feedback(ds, events, changes, forgotten)
-        opts.forgotten_through = max(forgotten.values(), default=0.0)
+        cfg = replace(cfg, forgotten_through=max(forgotten.values(), default=0.0))
     LOG.info("cleaning report: %s", json.dumps(ds.report.to_json()))
     try:
-        imported = _imported_factors(args, ds)
+        imported = _imported_factors(cfg, ds)
     except DataError as e:
         LOG.error("%s", e)
         print(f"recgen export: {e}")
         return 2
-    root = Path(args.models)
+    root = Path(cfg.models)
     pin(root)  # workers keep serving what they serve until the gate says otherwise
     try:
-        path = export_version(ds, root, opts, imported)
+        path = export_version(ds, root, cfg, imported)
     except BudgetError as e:  # a stage that cannot fit says so before its work, with what to change
         LOG.error("%s", e)
         print(f"recgen export: {e}")
         return 2
     print(_summary(path))
-    if getattr(args, "no_promote", False):
+    if not cfg.promote:
         print(f"not promoted (--no-promote): `recgen reload --models {root} --version {path.name}`")
         return 0
     try:
-        d = promote(root, path.name, force=args.force, tolerance=args.tolerance)
+        d = promote(root, path.name, force=cfg.force, tolerance=cfg.tolerance)
         print(f"promoted: SERVING -> {d.version} ({d.reason})")
     except GateRefused as e:
         print(f"not promoted: {e}")
-    removed = prune(root, args.keep)
+    removed = prune(root, cfg.keep)
     if removed:
         print(f"pruned old versions: {', '.join(removed)}")
     return 0

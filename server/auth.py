@@ -110,13 +110,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if method in ADMIN_METHODS and role != "admin":
             return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token")
         return handler
-
-
-def server_credentials(cert: str, key: str, client_ca: str | None) -> grpc.ServerCredentials:
-    """TLS for the public port; mutual TLS when a client CA is given."""
-    ca = Path(client_ca).read_bytes() if client_ca else None
-    return grpc.ssl_server_credentials(
-        [(Path(key).read_bytes(), Path(cert).read_bytes())],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )

@@ -1,14 +1,18 @@
-"""The one place where failures become gRPC status codes.
+"""The one place where failures become gRPC status codes: the `ErrorStatus` interceptor.
 
 A table from exception type to status (as httpx maps transport errors):
 bad input → INVALID_ARGUMENT, unknown item → NOT_FOUND, idempotency
 conflict → ALREADY_EXISTS, overload → RESOURCE_EXHAUSTED, no worker or a
 store that cannot write → UNAVAILABLE. Status codes a worker returned pass
 through unchanged. Anything else is a bug: INTERNAL, logged with its trace.
+Every call of the public service is counted by method and status.
 
 Request bytes that do not decode (corrupt wire format, bad UTF-8 in a string
 field) never reach a servicer: grpc.aio would answer UNKNOWN and log a
-traceback. `DecodeErrors`, a server interceptor, answers INVALID_ARGUMENT.
+traceback. The interceptor decodes them itself and answers INVALID_ARGUMENT.
+
+What it does not do: authenticate (server/auth.py, the interceptor before it)
+or validate decoded fields (server/validation.py raises, this maps).
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from typing import Any
 
 import grpc
 
+from recgen.v1 import recommender_pb2
 from server.metrics import GatewayMetrics
 from server.state import Conflict, StoreUnavailable
 from server.validation import InvalidArgument
 from server.workers import NoWorkerAvailable
 
 LOG = logging.getLogger(__name__)
+
+SERVICE_NAME = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name
 
 
 class NotFound(LookupError):
@@ -50,10 +57,10 @@ _TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
 
 
 @contextlib.asynccontextmanager
-async def map_errors(
-    context: grpc.aio.ServicerContext, method: str, metrics: GatewayMetrics | None = None
+async def _status(
+    context: grpc.aio.ServicerContext, method: str, metrics: GatewayMetrics | None
 ) -> AsyncIterator[None]:
-    """Translate exceptions to statuses; count every call by method and status."""
+    """Translate exceptions to statuses; count the call by method and status."""
     t0 = time.perf_counter()
     code = grpc.StatusCode.OK
     try:
@@ -70,25 +77,31 @@ async def map_errors(
             raise
         await context.abort(code, e.details() or code.name)
     except Exception as e:
-        for exc_type, mapped in _TABLE:
-            if isinstance(e, exc_type):
-                code = mapped
-                await context.abort(code, str(e))
-        code = grpc.StatusCode.INTERNAL
-        LOG.exception("%s failed", method)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}")
+        code = next(
+            (mapped for exc_type, mapped in _TABLE if isinstance(e, exc_type)), grpc.StatusCode.INTERNAL
+        )
+        if code == grpc.StatusCode.INTERNAL:
+            LOG.exception("%s failed", method)
+            await context.abort(code, f"internal error in {method}")
+        await context.abort(code, str(e))
     finally:
         if metrics is not None:
             metrics.observe_request(method, code, time.perf_counter() - t0)
 
 
-class DecodeErrors(grpc.aio.ServerInterceptor):
-    """Undecodable request bytes → INVALID_ARGUMENT, for unary-request rpcs.
+class ErrorStatus(grpc.aio.ServerInterceptor):
+    """Every rpc's exceptions → its status (`_TABLE`); undecodable request bytes → INVALID_ARGUMENT.
 
-    The handler's deserializer is moved into the behavior, where a failure
-    can abort with a status; grpc.aio itself would answer UNKNOWN
-    ("Unexpected <class 'DecodeError'>") and log it as a servicer error.
+    Each async behavior is wrapped once here, unary or streaming. For a unary request
+    the deserializer moves into the behavior, where a failure can become a status:
+    grpc.aio itself would answer UNKNOWN ("Unexpected <class 'DecodeError'>") and log
+    it as a servicer error. Calls of `service` are counted in `metrics`; the others
+    (health, reflection) get the same mapping, uncounted.
     """
+
+    def __init__(self, metrics: GatewayMetrics | None = None, service: str = SERVICE_NAME) -> None:
+        self.metrics = metrics
+        self.service = service
 
     async def intercept_service(
         self,
@@ -96,42 +109,55 @@ class DecodeErrors(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        return _decoding(handler)
+        if handler is None:
+            return None  # an unknown method: grpc answers UNIMPLEMENTED
+        service, _, method = handler_call_details.method.lstrip("/").rpartition("/")
+        return _wrapped(handler, method, self.metrics if service == self.service else None)
 
 
-def _decoding(handler: Any) -> Any:
-    decode = handler.request_deserializer
+_KINDS = {  # (request_streaming, response_streaming) -> the handler's behavior attribute
+    (False, False): "unary_unary",
+    (False, True): "unary_stream",
+    (True, False): "stream_unary",
+    (True, True): "stream_stream",
+}
 
-    async def parse(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+
+def _wrapped(handler: Any, method: str, metrics: GatewayMetrics | None) -> Any:
+    """The handler with its behavior run inside `_status` (and its request decoded there)."""
+    if handler.request_streaming:
+        decode = None  # grpc decodes each streamed message; the iterator raises inside the behavior
+        deserializer = handler.request_deserializer
+    else:
+        decode = handler.request_deserializer
+        deserializer = None
+
+    async def parse(request: Any) -> Any:
+        if decode is None:
+            return request
         try:
-            return decode(raw)
+            return decode(request)
         except Exception as e:  # protobuf's DecodeError, or whatever a custom deserializer raises
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request could not be decoded: {e}")
+            raise InvalidArgument(f"request could not be decoded: {e}") from None
 
-    if handler.response_streaming:
-        behavior = handler.unary_stream
-        if inspect.isasyncgenfunction(behavior):
+    kind = _KINDS[handler.request_streaming, handler.response_streaming]
+    behavior = getattr(handler, kind)
+    if inspect.isasyncgenfunction(behavior):  # streams its responses by yielding them
 
-            async def stream_gen(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                request = await parse(raw, context)
-                async for response in behavior(request, context):
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with _status(context, method, metrics):
+                async for response in behavior(await parse(request), context):
                     yield response
 
-            return grpc.unary_stream_rpc_method_handler(stream_gen, None, handler.response_serializer)
-        if inspect.iscoroutinefunction(behavior):  # writes with context.write()
+        wrapped: Callable[..., Any] = streaming
+    elif inspect.iscoroutinefunction(behavior):  # one response, or a stream written with context.write()
 
-            async def stream_co(raw: bytes, context: grpc.aio.ServicerContext) -> None:
-                await behavior(await parse(raw, context), context)
+        async def single(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _status(context, method, metrics):
+                return await behavior(await parse(request), context)
 
-            return grpc.unary_stream_rpc_method_handler(stream_co, None, handler.response_serializer)
-        return handler
-    behavior = handler.unary_unary
-    if not inspect.iscoroutinefunction(behavior):
+        wrapped = single
+    else:
         return handler  # a sync behavior (run in a thread pool): left as grpc serves it
-
-    async def unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        return await behavior(await parse(raw, context), context)
-
-    return grpc.unary_unary_rpc_method_handler(unary, None, handler.response_serializer)
+    make = getattr(grpc, f"{kind}_rpc_method_handler")
+    return make(wrapped, deserializer, handler.response_serializer)

@@ -4,7 +4,8 @@ A request's path reads top-down here: `_prepare` validates and loads the
 user's state from the store, `worker_calls.rank` asks a worker (retrying on
 another one if the first is unreachable: ranking is side-effect free),
 `worker_calls.text` streams the grounded text from a worker, and the answer
-is logged as an impression. Errors become status codes in `server/errors.py`.
+is logged as an impression. The rpcs raise; the one interceptor in
+`server/errors.py` turns every exception into its status code.
 
 What it does not do: pick, call or retry workers, fan out to shards, or keep
 the text inside the deadline (server/worker_calls.py).
@@ -25,9 +26,8 @@ from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
 from server.bulk_import import ImportCall, batch_from_pb
 from server.catalog import CatalogSync
-from server.errors import NotFound, Overloaded, map_errors
-from server.feedback import Semantics, history_events
-from server.metrics import GatewayMetrics
+from server.errors import NotFound, Overloaded
+from server.feedback import HISTORY_CAP, history_events
 from server.privacy import UserIdPolicy
 from server.rank_batch import RankBatcher
 from server.ratelimit import RateLimiter
@@ -80,8 +80,6 @@ class RecommenderService(pbg.RecommenderServicer):
         catalog_ids: Container[str],
         *,
         max_in_flight: int = 256,
-        semantics: Semantics | None = None,
-        metrics: GatewayMetrics | None = None,
         user_ids: UserIdPolicy | None = None,
         feedback_limiter: RateLimiter | None = None,
         live_catalog: CatalogSync | None = None,
@@ -93,9 +91,7 @@ class RecommenderService(pbg.RecommenderServicer):
         self.user_cache = user_cache  # None: every Recommend reads the store (several writers)
         self.store = store
         self.catalog_ids = catalog_ids
-        self.semantics = semantics or Semantics()
         self.admission = Admission(max_in_flight)
-        self.metrics = metrics or GatewayMetrics()
         self.user_ids = user_ids or UserIdPolicy()
         self.feedback_limiter = feedback_limiter or RateLimiter(rate=0, burst=0)
 
@@ -137,7 +133,7 @@ class RecommenderService(pbg.RecommenderServicer):
         return Prepared(
             req=req,
             request_id=uuid.uuid4().hex,
-            history=history_events(state.events, self.semantics),
+            history=history_events(state.events),
             exclude=list(dict.fromkeys([*req.exclude_item_ids, *state.dismissed])),
             dismissed=list(state.dismissed),
             deadline=None if remaining is None else time.monotonic() + remaining,
@@ -148,11 +144,11 @@ class RecommenderService(pbg.RecommenderServicer):
     async def _user_state(self, user_id: str) -> UserState:
         cache = self.user_cache
         if cache is None:
-            return await self.store.user_state(user_id, self.semantics.history_cap)
+            return await self.store.user_state(user_id, HISTORY_CAP)
         state = cache.get(user_id)
         if state is None:
             ticket = cache.ticket()
-            state = await self.store.user_state(user_id, self.semantics.history_cap)
+            state = await self.store.user_state(user_id, HISTORY_CAP)
             cache.fill(user_id, ticket, *state)
         return state
 
@@ -216,90 +212,83 @@ class RecommenderService(pbg.RecommenderServicer):
     async def Recommend(
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:
-        async with map_errors(context, "Recommend", self.metrics):
-            with self.admission:
-                t0 = time.perf_counter()
-                p = await self._prepare(request, context)
-                ranked = await self.worker_calls.rank(p)
-                t_rank = time.perf_counter()
-                resp = self._response(p, ranked)
-                self._log(p, ranked)
-                if p.req.explain and ranked.items:
-                    text, final = "", wpb.GenerateResponse()
-                    async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
-                        text += piece.text
-                        final = piece
-                    self._finish(resp, text, final)
-                elif p.req.explain:  # a filter left nothing to present: say so
-                    self._finish(resp, "", wpb.GenerateResponse(finished=True, reason="no items to present"))
-                self._log_request("Recommend", p, t0, t_rank, resp)
-                return resp
-        raise AssertionError("unreachable")  # map_errors aborts
+        with self.admission:
+            t0 = time.perf_counter()
+            p = await self._prepare(request, context)
+            ranked = await self.worker_calls.rank(p)
+            t_rank = time.perf_counter()
+            resp = self._response(p, ranked)
+            self._log(p, ranked)
+            if p.req.explain and ranked.items:
+                text, final = "", wpb.GenerateResponse()
+                async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
+                    text += piece.text
+                    final = piece
+                self._finish(resp, text, final)
+            elif p.req.explain:  # a filter left nothing to present: say so
+                self._finish(resp, "", wpb.GenerateResponse(finished=True, reason="no items to present"))
+            self._log_request("Recommend", p, t0, t_rank, resp)
+            return resp
 
     async def StreamRecommend(
         self, request: pb.StreamRecommendRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamRecommendResponse]:
-        async with map_errors(context, "StreamRecommend", self.metrics):
-            with self.admission:
-                t0 = time.perf_counter()
-                p = await self._prepare(request.request, context)
-                ranked = await self.worker_calls.rank(p)
-                t_rank = time.perf_counter()
-                first = self._response(p, ranked)
-                self._log(p, ranked)
-                yield pb.StreamRecommendResponse(items=first)
-                text, final = "", wpb.GenerateResponse(finished=True, reason="no items to present")
-                if ranked.items:
-                    async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
-                        if piece.text:
-                            text += piece.text
-                            yield pb.StreamRecommendResponse(text_piece=piece.text)
-                        final = piece
-                last = pb.RecommendResponse(request_id=p.request_id, model_version=ranked.model_version)
-                self._finish(last, text, final)
-                self._log_request("StreamRecommend", p, t0, t_rank, last)
-                yield pb.StreamRecommendResponse(final=last)
+        with self.admission:
+            t0 = time.perf_counter()
+            p = await self._prepare(request.request, context)
+            ranked = await self.worker_calls.rank(p)
+            t_rank = time.perf_counter()
+            first = self._response(p, ranked)
+            self._log(p, ranked)
+            yield pb.StreamRecommendResponse(items=first)
+            text, final = "", wpb.GenerateResponse(finished=True, reason="no items to present")
+            if ranked.items:
+                async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
+                    if piece.text:
+                        text += piece.text
+                        yield pb.StreamRecommendResponse(text_piece=piece.text)
+                    final = piece
+            last = pb.RecommendResponse(request_id=p.request_id, model_version=ranked.model_version)
+            self._finish(last, text, final)
+            self._log_request("StreamRecommend", p, t0, t_rank, last)
+            yield pb.StreamRecommendResponse(final=last)
 
     async def SendFeedback(
         self, request: pb.SendFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> pb.SendFeedbackResponse:
-        async with map_errors(context, "SendFeedback", self.metrics):
-            fb = feedback_from_pb(request)
-            if not self.feedback_limiter.allow(fb.user_id):
-                raise Overloaded("feedback rate limit for this user exceeded; retry later")
-            if fb.item_id not in self.catalog_ids:
-                raise NotFound(f"item_id {fb.item_id!r} is not in the catalog")
-            ev = Event(
-                event_id=fb.event_id,
-                user_id=fb.user_id,
-                item_id=fb.item_id,
-                type=fb.type,
-                value=fb.value,
-                ts=fb.timestamp if fb.timestamp is not None else time.time(),
-                request_id=fb.request_id,
-            )
-            # Shielded: once the write has started, a cancelled caller must not
-            # leave us unsure whether it committed; it completes either way.
-            stored = await asyncio.shield(self._store_event(ev))
-            return pb.SendFeedbackResponse(stored=stored)
-        raise AssertionError("unreachable")
+        fb = feedback_from_pb(request)
+        if not self.feedback_limiter.allow(fb.user_id):
+            raise Overloaded("feedback rate limit for this user exceeded; retry later")
+        if fb.item_id not in self.catalog_ids:
+            raise NotFound(f"item_id {fb.item_id!r} is not in the catalog")
+        ev = Event(
+            event_id=fb.event_id,
+            user_id=fb.user_id,
+            item_id=fb.item_id,
+            type=fb.type,
+            value=fb.value,
+            ts=fb.timestamp if fb.timestamp is not None else time.time(),
+            request_id=fb.request_id,
+        )
+        # Shielded: once the write has started, a cancelled caller must not
+        # leave us unsure whether it committed; it completes either way.
+        stored = await asyncio.shield(self._store_event(ev))
+        return pb.SendFeedbackResponse(stored=stored)
 
     async def SimilarItems(
         self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SimilarItemsResponse:
-        async with map_errors(context, "SimilarItems", self.metrics):
-            with self.admission:
-                item_id, k = similar_from_pb(request)
-                if item_id not in self.catalog_ids:
-                    raise NotFound(f"item_id {item_id!r} is not in the catalog")
-                remaining = context.time_remaining()
-                deadline = None if remaining is None else time.monotonic() + remaining
-                r = await self.worker_calls.ask("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
-                return pb.SimilarItemsResponse(
-                    items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in r.items],
-                    model_version=r.model_version,
-                )
-        raise AssertionError("unreachable")
+        with self.admission:
+            item_id, k = similar_from_pb(request)
+            if item_id not in self.catalog_ids:
+                raise NotFound(f"item_id {item_id!r} is not in the catalog")
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            r = await self.worker_calls.ask("Similar", wpb.SimilarRequest(item_id=item_id, k=k), deadline)
+            return pb.SimilarItemsResponse(
+                items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in r.items],
+                model_version=r.model_version,
+            )
 
     def _live(self) -> CatalogSync:
         if self.live_catalog is None:  # pragma: no cover - serve always has one
@@ -309,62 +298,52 @@ class RecommenderService(pbg.RecommenderServicer):
     async def UpsertItems(
         self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertItemsResponse:
-        async with map_errors(context, "UpsertItems", self.metrics):
-            items = catalog_items_from_pb(request)
-            # Shielded like SendFeedback: once the change is written it is pushed to
-            # the workers whether or not the caller is still waiting.
-            added, updated, seq = await asyncio.shield(self._live().upsert(items))
-            LOG.info("catalog: %d items added, %d updated (seq %d)", added, updated, seq)
-            return pb.UpsertItemsResponse(added=added, updated=updated, catalog_seq=seq)
-        raise AssertionError("unreachable")
+        items = catalog_items_from_pb(request)
+        # Shielded like SendFeedback: once the change is written it is pushed to
+        # the workers whether or not the caller is still waiting.
+        added, updated, seq = await asyncio.shield(self._live().upsert(items))
+        LOG.info("catalog: %d items added, %d updated (seq %d)", added, updated, seq)
+        return pb.UpsertItemsResponse(added=added, updated=updated, catalog_seq=seq)
 
     async def DeleteItems(
         self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteItemsResponse:
-        async with map_errors(context, "DeleteItems", self.metrics):
-            ids = item_ids_from_pb(request)
-            deleted, seq = await asyncio.shield(self._live().delete(ids))
-            LOG.info("catalog: %d items deleted (seq %d)", deleted, seq)
-            return pb.DeleteItemsResponse(deleted=deleted, catalog_seq=seq)
-        raise AssertionError("unreachable")
+        ids = item_ids_from_pb(request)
+        deleted, seq = await asyncio.shield(self._live().delete(ids))
+        LOG.info("catalog: %d items deleted (seq %d)", deleted, seq)
+        return pb.DeleteItemsResponse(deleted=deleted, catalog_seq=seq)
 
     async def ForgetUser(
         self, request: pb.ForgetUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.ForgetUserResponse:
-        async with map_errors(context, "ForgetUser", self.metrics):
-            user_id = user_id_from_pb(request.user_id)
-            events, impressions = await asyncio.shield(self._forget(user_id))
-            LOG.info("forgot user %s: %d events, %d impressions", self.user_ids(user_id), events, impressions)
-            return pb.ForgetUserResponse(events_deleted=events, impressions_deleted=impressions)
-        raise AssertionError("unreachable")
+        user_id = user_id_from_pb(request.user_id)
+        events, impressions = await asyncio.shield(self._forget(user_id))
+        LOG.info("forgot user %s: %d events, %d impressions", self.user_ids(user_id), events, impressions)
+        return pb.ForgetUserResponse(events_deleted=events, impressions_deleted=impressions)
 
     async def ImportEvents(
         self, request_iterator: AsyncIterator[pb.ImportEventsRequest], context: grpc.aio.ServicerContext
     ) -> pb.ImportEventsResponse:
         """Admin: feedback history in bulk (contract: recommender.proto, server/bulk_import.py)."""
-        async with map_errors(context, "ImportEvents", self.metrics):
-            with self.admission:
-                call = ImportCall(self._import_batch)
-                loop = asyncio.get_running_loop()
-                async for msg in request_iterator:
-                    try:  # on a thread: 10,000 rows take tens of ms the event loop is not kept from
-                        events = await loop.run_in_executor(
-                            None, batch_from_pb, msg, call.read + 1, self.catalog_ids, time.time()
-                        )
-                    except InvalidArgument as e:
-                        await call.settle()  # the batches before it are durable (or their error comes first)
-                        raise InvalidArgument(
-                            f"{e}; nothing of its batch was stored; {call.durable()}"
-                        ) from None
-                    await call.settle()  # one batch in flight: it committed while this one was checked
-                    call.start(events)
-                await call.settle()
-                LOG.info(
-                    "imported %d rows in %d batches: %d stored, %d duplicates",
-                    call.rows,
-                    call.batches,
-                    call.stored,
-                    call.duplicates,
-                )
-                return call.response()
-        raise AssertionError("unreachable")
+        with self.admission:
+            call = ImportCall(self._import_batch)
+            loop = asyncio.get_running_loop()
+            async for msg in request_iterator:
+                try:  # on a thread: 10,000 rows take tens of ms the event loop is not kept from
+                    events = await loop.run_in_executor(
+                        None, batch_from_pb, msg, call.read + 1, self.catalog_ids, time.time()
+                    )
+                except InvalidArgument as e:
+                    await call.settle()  # the batches before it are durable (or their error comes first)
+                    raise InvalidArgument(f"{e}; nothing of its batch was stored; {call.durable()}") from None
+                await call.settle()  # one batch in flight: it committed while this one was checked
+                call.start(events)
+            await call.settle()
+            LOG.info(
+                "imported %d rows in %d batches: %d stored, %d duplicates",
+                call.rows,
+                call.batches,
+                call.stored,
+                call.duplicates,
+            )
+            return call.response()

@@ -101,14 +101,18 @@ class WorkerCalls:
         if n <= 1:
             return await self.call_worker(method, msg, deadline)
         merge = merge_rank if method == "Rank" else merge_similar
-        for attempt in range(2):
+
+        async def merged() -> Any:
             answers = await asyncio.gather(*(self.call_worker(method, msg, deadline, s) for s in range(n)))
+            return merge(answers, msg.k)
+
+        try:
+            return await merged()
+        except ShardMismatch:  # a hot swap reached some shards first: ask once more
             try:
-                return merge(answers, msg.k)
-            except ShardMismatch as e:  # a hot swap reached some shards first: ask once more
-                if attempt:
-                    raise NoWorkerAvailable(str(e)) from e
-        raise AssertionError("unreachable")
+                return await merged()
+            except ShardMismatch as e:
+                raise NoWorkerAvailable(str(e)) from e
 
     async def rank(self, p: Prepared) -> wpb.RankResponse:
         c = p.req.context
@@ -151,12 +155,10 @@ class WorkerCalls:
             yield wpb.GenerateResponse(finished=True, reason="no worker available for text")
             return
         w.in_flight += 1
-        text = ""
         try:
             assert w.stub is not None
             call = w.stub.Generate(msg, timeout=self.timeout(p.deadline, TEXT_MARGIN_S))
             async for piece in call:
-                text += piece.text
                 yield piece
                 if piece.finished:
                     return

@@ -1,20 +1,17 @@
-"""One worker's connection: how to reach it and, if local, how to start it.
+"""One worker's connection: how to reach it, over which channel, with which credentials.
 
-WorkerSpec says how a local worker is started and spawn_local() starts its
-process; WorkerTls holds the gateway's TLS material for remote workers; a
+WorkerTls holds the gateway's TLS material for remote workers; a
 Worker is one worker's address, process, channel and stubs, and the counters
 the pool keeps on it. Channel options live here: fast reconnects for every
 worker, HTTP/2 keepalive pings for remote ones. This module does not choose,
-check, admit, supervise or restart workers; server/workers.py does.
+check, start, admit, supervise or restart workers; server/workers.py does.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -43,16 +40,6 @@ REMOTE_CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-
-
-@dataclass
-class WorkerSpec:
-    models: str
-    version: str | None
-    threads: int
-    max_new_tokens: int = 48
-    max_delay_ms: float = 2.0
-    extra_args: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -110,32 +97,3 @@ class Worker:
         if self.channel is not None:
             await self.channel.close(grace)
             self.channel = None
-
-
-def spawn_local(w: Worker, spec: WorkerSpec, shards: int) -> None:
-    """Start the local worker process for w on its unix socket (of shard w.shard if shards > 1)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "recgen.cli",
-        "worker",
-        "--models",
-        spec.models,
-        "--listen",
-        w.address,
-        "--threads",
-        str(spec.threads),
-        "--max-new-tokens",
-        str(spec.max_new_tokens),
-        "--max-delay-ms",
-        str(spec.max_delay_ms),
-        "--parent-pid",
-        str(os.getpid()),
-        *spec.extra_args,
-    ]
-    if spec.version:
-        cmd += ["--version", spec.version]
-    if shards > 1:
-        cmd += ["--shard", f"{w.shard}/{shards}"]
-    w.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-    LOG.info("started worker %s (pid %d) on %s", w.name, w.proc.pid, w.address)

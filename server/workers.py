@@ -10,8 +10,10 @@ worker out of rotation the moment its process exits or it stops answering
 health checks, restarts local ones with exponential backoff, and puts remote
 ones back once they answer again. A remote worker whose address vanishes
 from DNS is drained: no new requests, its channel closed once its calls end.
-How one worker is reached and started (channels, TLS, its process) is in
-server/worker_conn.py. This module does no model math and knows nothing of users.
+A local worker's command line is its WorkerConfig (`recgen serve`'s, with the
+worker's own socket, shard and parent) written back as flags, so every worker
+setting `serve` takes reaches it. How one worker is reached (channels, TLS) is
+in server/worker_conn.py. This module does no model math and knows nothing of users.
 """
 
 from __future__ import annotations
@@ -20,20 +22,25 @@ import asyncio
 import logging
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2
 
+from recgen.config import WorkerConfig
+from recgen.config.flags import env_names
 from recgen.worker.v1 import worker_pb2
 from server.discovery import Discovery, WorkerTarget, parse_worker_addresses
-from server.worker_conn import Worker, WorkerSpec, WorkerTls, spawn_local
+from server.worker_conn import Worker, WorkerTls
 
-# Worker, WorkerSpec and WorkerTls are imported from here by the gateway and tests.
-__all__ = ["NoWorkerAvailable", "Worker", "WorkerPool", "WorkerSpec", "WorkerTls"]
+# Worker and WorkerTls are imported from here by the gateway and tests.
+__all__ = ["NoWorkerAvailable", "Worker", "WorkerPool", "WorkerTls", "local_worker_argv"]
 
 LOG = logging.getLogger(__name__)
 
@@ -55,10 +62,26 @@ class NoWorkerAvailable(Exception):
     """No healthy worker can take the request."""
 
 
+def local_worker_argv(worker: WorkerConfig, w: Worker, shards: int) -> list[str]:
+    """`recgen worker`'s command line for local worker w: the pool's WorkerConfig with w's own
+    socket, catalog shard and this process as its parent, every setting spelled out."""
+    own = replace(worker, listen=w.address, shard=(w.shard, shards), parent_pid=os.getpid())
+    return [sys.executable, "-m", "recgen.cli", "worker", *own.to_argv()]
+
+
+def _spawn_local(worker: WorkerConfig, w: Worker, shards: int) -> None:
+    """Start w's process. Its command line is its whole configuration: the gateway's RECGEN_*
+    variables of worker settings (RECGEN_TLS_CERT is the public port's) are not passed on."""
+    skip = env_names(WorkerConfig)
+    env = {k: v for k, v in os.environ.items() if k not in skip}
+    w.proc = subprocess.Popen(local_worker_argv(worker, w, shards), stdin=subprocess.DEVNULL, env=env)
+    LOG.info("started worker %s (pid %d) on %s", w.name, w.proc.pid, w.address)
+
+
 class WorkerPool:
     def __init__(
         self,
-        spec: WorkerSpec,
+        worker: WorkerConfig,
         n_local: int,
         remote: list[str] | None = None,
         tls: WorkerTls | None = None,
@@ -66,7 +89,7 @@ class WorkerPool:
         resolve_every: float = RESOLVE_EVERY_S,
         shards: int = 1,
     ) -> None:
-        self.spec = spec
+        self.worker = worker  # the local workers' settings (listen, shard, parent_pid: set per worker)
         self.shards = shards  # catalog shards: each request goes to one worker of every shard
         fixed, names = parse_worker_addresses(remote or [])
         tcp = [t.address for t in fixed if not t.is_unix] + [str(n) for n in names]
@@ -109,7 +132,7 @@ class WorkerPool:
 
     async def start(self, timeout: float = 600.0) -> None:
         for w in self.workers:
-            spawn_local(w, self.spec, self.shards)
+            _spawn_local(self.worker, w, self.shards)
             w.connect()
         deadline = time.monotonic() + timeout
         for target in await self.discovery.targets():
@@ -213,7 +236,7 @@ class WorkerPool:
         # leaves the caller's RPC without any status until its deadline.
         await w.close_channel(grace=CLOSE_GRACE_S)
         w.restarts += 1
-        spawn_local(w, self.spec, self.shards)
+        _spawn_local(self.worker, w, self.shards)
         w.connect()
         try:
             await self._wait_ready(w, time.monotonic() + 600.0)

@@ -28,13 +28,13 @@ def model_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> Pa
     """A small but real model version: MovieLens-100K, 16 factors, a tiny Llama
     trained in the test to write one grounded sentence (it names no title)."""
     from export.data import load_movielens100k
-    from export.options import ExportOptions
     from export.pipeline import export_version
+    from recgen.config.export import ExportConfig
     from tests.llm_fixtures import train_tiny_llm
 
     root = tmp_path_factory.mktemp("models")
     ckpt = train_tiny_llm(tmp_path_factory.mktemp("ckpt"), TINY_LLM_ANSWER)
-    opts = ExportOptions(
+    opts = ExportConfig(
         llm=str(ckpt),
         with_encoder=False,
         quantize="none",

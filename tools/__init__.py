@@ -1,1 +1,1 @@
-"""Benchmarks and load tools for recgen (not part of the installed server)."""
+"""Operator tools, run from a checkout and not installed: benchmarks, chaos, evaluation, load test."""

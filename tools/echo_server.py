@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -31,9 +30,9 @@ from grpc_health.v1.health import aio as health_aio
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pb_grpc
+from tools.harness.procs import ROOT, stop
 
 LOG = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
 READY_PREFIX = "echo: serving on "
 
 # MovieLens-like titles so the answer has the size of a real one.
@@ -154,13 +153,7 @@ def running_echo(*extra: str, timeout: float = 30.0) -> Iterator[str]:
             raise RuntimeError(f"echo server did not start (exit {proc.wait(timeout)}): {line!r}")
         yield line[len(READY_PREFIX) :].strip()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
 

@@ -8,7 +8,7 @@ An arm is NAME=SOURCE_TREE:MODELS: `recgen serve` run from that source tree
 Each round starts every arm's server in turn (the order reverses every other
 round, so a drift of the machine's load hits both sides alike), seeds the same
 bench users, and runs the closed-loop StreamRecommend load of
-`tools.gen_bench.server_level` at each concurrency. The report gives, per arm
+`tools.gen_bench.streams.server_level` at each concurrency. The report gives, per arm
 and level, tokens/s and time to first model text (p50 / p99) of every round,
 and each arm's ratio to the first arm per round: on a shared machine only the
 ratios mean something. Nothing here is asserted.
@@ -37,16 +37,17 @@ def run_arm(
 
     from recgen.core.prompt import RESPONSE_PRIMER
     from recgen.repository import ModelRepository
-    from tools.bench import recgen_server
-    from tools.gen_bench import seed_users, server_level, stats_delta, worker_stats
+    from tools.bench.server_phase import recgen_server
+    from tools.gen_bench.streams import server_level, stats_delta, worker_stats
+    from tools.gen_bench.users import seed_users
 
     mv = ModelRepository(models).open(None, verify=False)
     tok = Tokenizer.from_file(str(mv.path / "llm" / "tokenizer.json"))
     work.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"arm": name, "root": str(root), "models": models, "levels": []}
-    with recgen_server(models, args.workers, work, root=root) as srv:
+    with recgen_server(models, args.workers, work, root=root).start(timeout=600.0) as srv:
         asyncio.run(seed_users(srv.target, users))
-        addrs = [a for _, a in srv.workers]
+        addrs = [a for _, a in srv.worker_addresses()]
         for c, dur, warm in zip(args.levels, args.duration, args.warmup, strict=True):
             s0 = asyncio.run(worker_stats(addrs))
             rep, _ = asyncio.run(
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"--arm {spec!r}: expected NAME=SOURCE_TREE:MODELS")
         arms.append((name, Path(root).resolve(), models))
 
-    from tools.gen_bench import movielens_users
+    from tools.gen_bench.users import movielens_users
 
     users = movielens_users(Path(args.wheels), args.users)
     t0 = time.time()

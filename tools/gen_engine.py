@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from recgen.core.prompt import RESPONSE_PRIMER, build_prompt
+from worker.llm.api import LLMConfig
 from worker.llm.batch import Request, RunningBatch
 from worker.llm.engine import Generator
 from worker.llm.session import DecoderSession, make_session
-from worker.llm.stream import LLMConfig
 
 _TITLES = [
     "Star Wars (1977)",

@@ -74,11 +74,11 @@ def build_tiny_models(work: Path, wheels: Path) -> Path | None:
     if not (wheels / "recbole-1.2.1-py3-none-any.whl").is_file():
         return None
     from export.data import load_movielens100k
-    from export.options import ExportOptions
     from export.pipeline import export_version
+    from recgen.config.export import ExportConfig
 
     root = work / "models"
-    opts = ExportOptions(
+    opts = ExportConfig(
         with_llm=False,
         with_encoder=False,
         with_context=False,

@@ -1,4 +1,4 @@
-"""Resident memory and CPU time of processes, read from /proc/<pid>/status and /stat (Linux).
+"""The memory a catalog costs a worker: a fresh process holding its factors and index.
 
     python -m tools.memory hold --dir D   # a fresh process holding D/item_factors.npy + D/items.faiss
 
@@ -17,52 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-
-def proc_mem(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) of a process, in kB; {} when it is gone."""
-    out: dict[str, int] = {}
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        key = line.split(":", 1)[0]
-        if key in ("VmRSS", "VmHWM"):
-            out[key + "_kb"] = int(line.split()[1])
-    return out
-
-
-def proc_cpu_s(pid: int | str = "self") -> float:
-    """User + system CPU seconds a process has used so far (all its threads); 0.0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    """Direct children of pid (scans /proc/*/stat)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid ...": comm may contain spaces; split after the last ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            out.append(int(d.name))
-    return sorted(out)
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
-    except OSError:
-        return []
+from tools.harness.procfs import proc_mem
 
 
 def hold(directory: Path, threads: int = 1) -> dict[str, object]:

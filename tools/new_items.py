@@ -283,16 +283,17 @@ def star_wars_case(
     before-picture the raw mapped vector is appended as a second row, and each row's place
     (1-based, within the top `depth`; None below it) is read with the other one excluded.
     """
-    from export.options import ExportOptions
     from export.pipeline import export_version
+    from recgen.config import WorkerConfig
+    from recgen.config.export import ExportConfig
     from recgen.core.content_map import apply_content_map as raw_map
     from worker.live_catalog import Change, LiveCatalog
     from worker.metrics import Metrics
-    from worker.model import LoadedModel, WorkerConfig
+    from worker.model import LoadedModel
     from worker.ranking import RankJob
 
     with tempfile.TemporaryDirectory() as d:
-        opts = ExportOptions(
+        opts = ExportConfig(
             with_llm=False,
             with_context=False,
             factors=params.factors,

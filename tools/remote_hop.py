@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from tools.harness.procfs import cpu_s
+from tools.harness.procs import Gateway, Worker, run_module
+
 GW_IP, WORKER_IP, PORT = "198.18.3.1", "198.18.3.2", 7443
 SETUPS = ("local", "remote-tls", "remote-plain")
 
@@ -93,36 +94,8 @@ class Hosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def spawn(ns: str, *args: str, log: Path, stdout: Any = subprocess.DEVNULL) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=stdout,
-        stderr=log.open("a"),
-        text=True,
-    )
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of one process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+def netns(ns: str) -> list[str]:
+    return ["ip", "netns", "exec", ns]
 
 
 def run_setup(
@@ -130,47 +103,47 @@ def run_setup(
 ) -> list[dict[str, Any]]:
     threads = str(args.threads or os.cpu_count() or 1)
     log = work / f"{setup}.log"
+    # Neither process is reachable from this network namespace: no health checks from here.
     worker = None
-    serve = [
-        "-m",
-        "recgen.cli",
-        "serve",
-        "--models",
-        args.models,
-        "--port",
-        "0",
-        "--state",
-        str(work / "s.db"),
-    ]
+    serve: list[str] = []
     if setup == "local":
         serve += ["--workers", "1"]
     else:
         tls = setup == "remote-tls"
         wargs = ["--tls-cert", str(pki / "worker.pem"), "--tls-key", str(pki / "worker.key"),
                  "--tls-client-ca", str(pki / "ca.pem")] if tls else ["--insecure"]  # fmt: skip
-        worker = spawn(hosts.w, "-m", "recgen.cli", "worker", "--models", args.models, "--listen",
-                       f"{WORKER_IP}:{PORT}", "--threads", threads, *wargs, log=log)  # fmt: skip
+        worker = Worker(args.models, f"{WORKER_IP}:{PORT}", "--threads", threads, *wargs,
+                        name=f"{setup}-worker", log_dir=work, prefix=netns(hosts.w),
+                        wait_health=False)  # fmt: skip
         gargs = ["--worker-tls-ca", str(pki / "ca.pem"), "--worker-tls-cert", str(pki / "gateway.pem"),
                  "--worker-tls-key", str(pki / "gateway.key")] if tls else ["--worker-insecure"]  # fmt: skip
         serve += ["--workers", "0", "--worker-address", f"{WORKER_IP}:{PORT}", *gargs]
-    gateway = spawn(hosts.gw, *serve, log=log, stdout=subprocess.PIPE)
+    gateway = Gateway(
+        args.models,
+        work / "s.db",
+        *serve,
+        name=setup,
+        log_dir=work,
+        prefix=netns(hosts.gw),
+        wait_health=False,
+    )
     try:
-        assert gateway.stdout is not None
-        line = gateway.stdout.readline()  # the gateway waits for its worker (up to 600 s)
-        if not line.startswith("recgen: serving on "):
-            raise RuntimeError(f"{setup}: gateway exited with {gateway.wait()}; see {log}")
-        target = line.split("serving on ")[1].strip()
+        if worker is not None:
+            worker.start()
+        gateway.start(timeout=660.0)  # the gateway waits for its worker (up to 600 s)
         # Server CPU per request: the gateway and its worker, from /proc, around each level's run.
-        pids = {"gateway": gateway.pid, "worker": worker.pid if worker else children(gateway.pid)[0]}
+        pids = {"gateway": gateway.pid, "worker": worker.pid if worker else gateway.worker_pids()[0]}
         reports = []
         for c in args.concurrency:
             out = work / f"{setup}-{c}.json"
             before = {k: cpu_s(pid) for k, pid in pids.items()}
-            load = spawn(hosts.gw, "-m", "tools.loadtest", "--target", target, "--name", setup,
-                         "--concurrency", str(c), "--duration", str(args.duration),
-                         "--wait-ready", "60", "--json", str(out), log=log)  # fmt: skip
-            if load.wait() != 0:
-                raise RuntimeError(f"{setup}: loadtest failed; see {log}")
+            try:
+                run_module(["-m", "tools.loadtest", "--target", gateway.target, "--name", setup,
+                            "--concurrency", str(c), "--duration", str(args.duration),
+                            "--wait-ready", "60", "--json", str(out)],
+                           log=log, timeout=args.duration + 180, prefix=netns(hosts.gw))  # fmt: skip
+            except subprocess.CalledProcessError as e:
+                raise RuntimeError(f"{setup}: loadtest failed; see {log}") from e
             (r,) = json.loads(out.read_text())["reports"]
             for k, pid in pids.items():  # no warm-up: every request the CPU served is counted
                 r[f"{k}_cpu_ms_per_request"] = round(
@@ -179,9 +152,9 @@ def run_setup(
             reports.append(r)
         return reports
     finally:
-        stop(gateway)
+        gateway.stop()
         if worker is not None:
-            stop(worker)
+            worker.stop()
 
 
 def summarize(reports: list[dict[str, Any]], levels: list[int]) -> list[dict[str, Any]]:

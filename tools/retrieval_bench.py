@@ -12,7 +12,7 @@ measurement.
 
     python -m tools.retrieval_bench --sizes 100000,1000000 --out /tmp/retrieval.json
 
-Runs in its own process (the orchestrator, tools/bench.py, starts it), so
+Runs in its own process (the orchestrator, tools/bench/, starts it), so
 the memory it takes is returned when it ends. With --save-dir the largest
 catalog's factors and index are saved and `tools.memory hold` measures the
 resident memory of a fresh process that holds just them.
@@ -38,10 +38,10 @@ from export.index import (
     HEAD_SHARES,
     RECALL_K,
     build_index,
-    mips_queries,
     recall_at,
     save_index,
 )
+from recgen.core.index_types import NormBounded, mips_queries
 from tools.synthetic_catalog import (
     SyntheticConfig,
     extend_catalog,
@@ -49,7 +49,6 @@ from tools.synthetic_catalog import (
     make_universe,
     user_queries,
 )
-from worker.retrieval import NormBounded
 
 LOG = logging.getLogger(__name__)
 

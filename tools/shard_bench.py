@@ -6,7 +6,7 @@ each shard's index rebuilt by worker.retrieval.Retriever.keep_shard, the same co
 For held-out users' fold-in vectors it measures, in the same run and interleaved query by
 query so that machine noise hits all alike:
 
-- recall@k of the merged shards' top k (server/shards.merge, as the gateway merges)
+- recall@k of the merged shards' top k (recgen/core/shard_merge.merge, as the gateway merges)
   against the single index's top k: 1.0 expected with the exact kinds;
 - batch-1 search latency of the single index, of every shard, and of the merge;
 - the projection when the shards run on separate hosts in parallel: per query, the
@@ -32,7 +32,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from server.shards import Candidate, ShardAnswer, merge
+from recgen.core.shard_merge import Candidate, ShardAnswer, merge
+from tools.harness.percentiles import latency_ms
 from tools.synthetic_catalog import SyntheticConfig, extend_catalog, fit_catalog, make_universe, user_queries
 from worker.retrieval import Retriever
 
@@ -72,7 +73,10 @@ def retriever(path: Path, params: dict[str, Any], factors: np.ndarray, shard: tu
 
 
 def pct(xs: list[float], q: float) -> float:
-    return round(float(np.percentile(np.asarray(xs) * 1e3, q)), 3)
+    """The q-th percentile in ms of latencies in seconds."""
+    summary = latency_ms(xs, (("q", q),), stats=())
+    assert summary is not None, "no latencies"
+    return summary["q"]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

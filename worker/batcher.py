@@ -49,9 +49,9 @@ class Batcher(Generic[T, R]):
         run_batch: Callable[[Sequence[T]], Sequence[R]],
         *,
         name: str,
-        max_batch: int = 64,
-        max_delay: float = 0.002,
-        max_queue: int = 256,
+        max_batch: int,  # recgen/config/worker.py has the defaults (--max-batch, ...)
+        max_delay: float,  # seconds
+        max_queue: int,
         metrics: Metrics | None = None,
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
@@ -66,6 +66,9 @@ class Batcher(Generic[T, R]):
         self._pending: list[_Job[T]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._running = False
+        # The batch running now: the event loop keeps only a weak reference to a task,
+        # so without this one a running batch could be garbage-collected mid-await.
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def depth(self) -> int:
@@ -91,7 +94,7 @@ class Batcher(Generic[T, R]):
         if self._running or not self._pending:
             return
         self._running = True
-        asyncio.get_running_loop().create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batch-{self.name}")
 
     def _take(self) -> list[_Job[T]]:
         now = time.monotonic()

@@ -30,26 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from recgen.core.context_features import HOUR_BUCKETS, hour_bucket, weekend_flag
+from recgen.core.formats import CONTEXT_DIR, CONTEXT_FILE, CONTEXT_FORMAT, HOUR_LIFT_FILE, WEEKEND_LIFT_FILE
+
 LOG = logging.getLogger(__name__)
-
-FORMAT = 1
-CONTEXT_DIR = "context"
-CONTEXT_FILE = "context.json"
-HOUR_LIFT_FILE = "hour_lift.npy"  # (n_items, HOUR_BUCKETS) float32
-WEEKEND_LIFT_FILE = "weekend_lift.npy"  # (n_items, 2) float32: [weekday, weekend]
-HOUR_BUCKETS = 6  # 4-hour blocks of local time: 0-3, 4-7, ..., 20-23
-
-
-def hour_bucket(hour: np.ndarray) -> np.ndarray:
-    """Local hour 0..23 -> bucket; -1 (unknown) stays -1."""
-    hour = np.asarray(hour, np.int64)
-    return np.where(hour >= 0, hour * HOUR_BUCKETS // 24, -1)
-
-
-def weekend_flag(weekday: np.ndarray) -> np.ndarray:
-    """Weekday 0 = Monday .. 6 -> 1 on Saturday and Sunday, 0 otherwise; -1 stays -1."""
-    weekday = np.asarray(weekday, np.int64)
-    return np.where(weekday >= 0, (weekday >= 5).astype(np.int64), -1)
 
 
 @dataclass(frozen=True)
@@ -81,8 +65,10 @@ class ContextModel:
         if not (d / CONTEXT_FILE).is_file():
             return None
         cfg = json.loads((d / CONTEXT_FILE).read_text())
-        if cfg.get("format") != FORMAT:
-            raise ValueError(f"{d / CONTEXT_FILE}: format {cfg.get('format')!r}, this recgen reads {FORMAT}")
+        if cfg.get("format") != CONTEXT_FORMAT:
+            raise ValueError(
+                f"{d / CONTEXT_FILE}: format {cfg.get('format')!r}, this recgen reads {CONTEXT_FORMAT}"
+            )
         if cfg.get("hour_buckets") != HOUR_BUCKETS:
             raise ValueError(
                 f"{d / CONTEXT_FILE}: {cfg.get('hour_buckets')} hour buckets, expected {HOUR_BUCKETS}"

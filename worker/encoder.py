@@ -23,14 +23,15 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from recgen.core.formats import (
+    ENCODER_CONFIG_FILE,
+    ENCODER_FORMAT,
+    ENCODER_MODEL_FILE,
+    ENCODER_TOKENIZER_FILE,
+)
 from worker.onnx_session import DeviceUnavailable, session_options
 
 LOG = logging.getLogger(__name__)
-
-FORMAT = 1
-MODEL_FILE = "model.onnx"
-TOKENIZER_FILE = "tokenizer.json"
-CONFIG_FILE = "encoder.json"
 
 # The inputs this encoder knows how to feed. A graph asking for anything else
 # was exported from a model this code does not understand.
@@ -46,8 +47,8 @@ def _read_config(path: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise EncoderError(f"cannot read {path}: {e}") from e
-    if cfg.get("format") != FORMAT:
-        raise EncoderError(f"{path}: format {cfg.get('format')!r}, this recgen reads {FORMAT}")
+    if cfg.get("format") != ENCODER_FORMAT:
+        raise EncoderError(f"{path}: format {cfg.get('format')!r}, this recgen reads {ENCODER_FORMAT}")
     if cfg.get("pooling") != "mean":
         raise EncoderError(f"{path}: pooling {cfg.get('pooling')!r} unsupported (only 'mean')")
     for key in ("dim", "max_length", "input_names"):
@@ -67,15 +68,15 @@ class TextEncoder:
         providers: Sequence[str] = ("CPUExecutionProvider",),
     ) -> None:
         self.dir = Path(dir)
-        for name in (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE):
+        for name in (ENCODER_MODEL_FILE, ENCODER_TOKENIZER_FILE, ENCODER_CONFIG_FILE):
             if not (self.dir / name).is_file():
                 raise EncoderError(f"encoder folder {self.dir} lacks {name}")
-        self.config = _read_config(self.dir / CONFIG_FILE)
+        self.config = _read_config(self.dir / ENCODER_CONFIG_FILE)
         self.dim = int(self.config["dim"])
         self.max_length = int(self.config["max_length"])
         self.normalize = bool(self.config.get("normalize", True))
 
-        self.tokenizer = Tokenizer.from_file(str(self.dir / TOKENIZER_FILE))
+        self.tokenizer = Tokenizer.from_file(str(self.dir / ENCODER_TOKENIZER_FILE))
         # We pad each batch ourselves (to its longest text, after sorting by
         # length); a padding setting left in tokenizer.json would pad every
         # text to a fixed width and waste most of the compute on [PAD].
@@ -90,24 +91,24 @@ class TextEncoder:
         threads = threads if threads > 0 else (os.cpu_count() or 1)
         providers = list(providers) or ["CPUExecutionProvider"]
         self.session = ort.InferenceSession(
-            str(self.dir / MODEL_FILE), sess_options=session_options(threads), providers=providers
+            str(self.dir / ENCODER_MODEL_FILE), sess_options=session_options(threads), providers=providers
         )
         if providers[0] != "CPUExecutionProvider" and self.session.get_providers()[0] != providers[0]:
             # ONNX Runtime falls back to CPU silently; the worker must know.
             raise DeviceUnavailable(
-                f"{self.dir / MODEL_FILE}: {providers[0]} did not load "
+                f"{self.dir / ENCODER_MODEL_FILE}: {providers[0]} did not load "
                 f"(session providers: {self.session.get_providers()})"
             )
         self.input_names = [i.name for i in self.session.get_inputs()]
         unknown = [n for n in self.input_names if n not in _KNOWN_INPUTS]
         if unknown:
             raise EncoderError(
-                f"{self.dir / MODEL_FILE} wants inputs {unknown} that this encoder cannot feed "
+                f"{self.dir / ENCODER_MODEL_FILE} wants inputs {unknown} that this encoder cannot feed "
                 f"(it feeds {list(_KNOWN_INPUTS)})"
             )
         for need in ("input_ids", "attention_mask"):
             if need not in self.input_names:
-                raise EncoderError(f"{self.dir / MODEL_FILE} has no {need!r} input")
+                raise EncoderError(f"{self.dir / ENCODER_MODEL_FILE} has no {need!r} input")
         if sorted(self.input_names) != sorted(self.config["input_names"]):
             raise EncoderError(
                 f"{self.dir}: graph inputs {self.input_names} differ from encoder.json "
@@ -116,12 +117,12 @@ class TextEncoder:
         outputs = {o.name: o for o in self.session.get_outputs()}
         want = self.config.get("output_name") or self.session.get_outputs()[0].name
         if want not in outputs:
-            raise EncoderError(f"{self.dir / MODEL_FILE} has no output {want!r} ({list(outputs)})")
+            raise EncoderError(f"{self.dir / ENCODER_MODEL_FILE} has no output {want!r} ({list(outputs)})")
         out = outputs[want]
         self.output_name = out.name
         if len(out.shape) != 3 or out.shape[-1] != self.dim:
             raise EncoderError(
-                f"{self.dir / MODEL_FILE}: output {out.name} has shape {out.shape}, "
+                f"{self.dir / ENCODER_MODEL_FILE}: output {out.name} has shape {out.shape}, "
                 f"expected token embeddings [batch, seq, {self.dim}]"
             )
         # Input dtypes come from the graph (int64 for optimum exports).

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from recgen.core.formats import ENCODER_DIR
 from recgen.repository import CatalogItem, item_text
 
 LOG = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def stand_in_factors(model: Any, items: list[CatalogItem]) -> np.ndarray:
     if model.encoder is not None and model.content_map is not None:
         emb = model.encoder.encode([item_text(it) for it in items])
         # Read at each upsert batch (a small JSON file, rare admin calls): versions are immutable.
-        calibration = load_calibration(model.version.path / "encoder")
+        calibration = load_calibration(model.version.path / ENCODER_DIR)
         return map_content(model.content_map, emb, calibration)
     factors = model.ranker.factors
     out = np.empty((len(items), factors.shape[1]), np.float32)

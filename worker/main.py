@@ -11,9 +11,9 @@ backstop, so a SIGKILLed gateway leaves no orphans.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ctypes
+import dataclasses
 import logging
 import os
 import signal
@@ -22,9 +22,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from recgen.config import WorkerConfig
+from recgen.tls import server_credentials
 from recgen.worker.v1 import worker_pb2_grpc
 from worker.metrics import Metrics
-from worker.model import LoadedModel, WorkerConfig
+from worker.model import LoadedModel
 from worker.service import WorkerService
 
 LOG = logging.getLogger(__name__)
@@ -54,16 +56,6 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
         await asyncio.sleep(0.5)
 
 
-def _server_credentials(cert: str, key: str, client_ca: str | None) -> grpc.ServerCredentials:
-    """TLS for a HOST:PORT listener; mutual TLS (only the gateway's certificate) when a CA is given."""
-    ca = Path(client_ca).read_bytes() if client_ca else None
-    return grpc.ssl_server_credentials(
-        [(Path(key).read_bytes(), Path(cert).read_bytes())],
-        root_certificates=ca,
-        require_client_auth=ca is not None,
-    )
-
-
 def _bind(server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | None = None) -> None:
     if listen.startswith("unix:"):
         path = listen.removeprefix("unix:").lstrip("/")
@@ -84,24 +76,18 @@ def _bind(server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | 
             raise OSError(f"cannot listen on {listen}")
 
 
-async def serve_worker(args: argparse.Namespace) -> None:
-    threads = args.threads or os.cpu_count() or 1
-    cfg = WorkerConfig(
-        threads=threads,
-        device=args.device,
-        max_batch=args.max_batch,
-        max_delay=args.max_delay_ms / 1000.0,
-        max_queue=args.max_queue,
-        max_seqs=args.max_seqs,
-        max_new_tokens=args.max_new_tokens,
-        shard_index=args.shard[0],
-        shard_count=args.shard[1],
-    )
+def resolve_threads(cfg: WorkerConfig) -> WorkerConfig:
+    """--threads 0 means this machine's cores: the model and its sessions get a number."""
+    return cfg if cfg.threads else dataclasses.replace(cfg, threads=os.cpu_count() or 1)
+
+
+async def serve_worker(cfg: WorkerConfig) -> None:
+    cfg = resolve_threads(cfg)
     metrics = Metrics()
     loop = asyncio.get_running_loop()
     # Load and warm up before binding: the socket appears only once the
     # models have run a real forward pass, and health says SERVING at once.
-    model = await loop.run_in_executor(None, LoadedModel.load, Path(args.models), args.version, cfg, metrics)
+    model = await loop.run_in_executor(None, LoadedModel.load, Path(cfg.models), cfg.version, cfg, metrics)
     await loop.run_in_executor(None, model.warmup)
 
     server = grpc.aio.server(
@@ -118,26 +104,29 @@ async def serve_worker(args: argparse.Namespace) -> None:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = WorkerService(model, cfg, metrics)
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
-    tls_cert = getattr(args, "tls_cert", None)
-    creds = _server_credentials(tls_cert, args.tls_key, args.tls_client_ca) if tls_cert else None
-    _bind(server, args.listen, creds)
+    creds = (
+        server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+        if cfg.tls_cert and cfg.tls_key
+        else None
+    )
+    _bind(server, cfg.listen, creds)
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    LOG.info("worker serving model %s on %s (%d threads)", model.name, args.listen, threads)
+    LOG.info("worker serving model %s on %s (%d threads)", model.name, cfg.listen, cfg.threads)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watch = None
-    if args.parent_pid:
-        watch = asyncio.create_task(_watch_parent(args.parent_pid, stop))
+    if cfg.parent_pid:
+        watch = asyncio.create_task(_watch_parent(cfg.parent_pid, stop))
     swapper = None
-    if not args.version and getattr(args, "watch_interval", 0) > 0:
+    if not cfg.version and cfg.watch_interval > 0:
         # Not pinned to a version: follow the repository's SERVING pointer (hot swap).
         from worker.swap import ModelWatcher
 
-        swapper = asyncio.create_task(ModelWatcher(service, Path(args.models), args.watch_interval).run(stop))
+        swapper = asyncio.create_task(ModelWatcher(service, Path(cfg.models), cfg.watch_interval).run(stop))
     await stop.wait()
     if swapper:
         swapper.cancel()
@@ -150,7 +139,7 @@ async def serve_worker(args: argparse.Namespace) -> None:
         watch.cancel()
 
 
-def run_worker(args: argparse.Namespace) -> int:
-    _die_with_parent(args.parent_pid)
-    asyncio.run(serve_worker(args))
+def run_worker(cfg: WorkerConfig) -> int:
+    _die_with_parent(cfg.parent_pid)
+    asyncio.run(serve_worker(cfg))
     return 0

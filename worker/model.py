@@ -17,7 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from recgen.config import WorkerConfig
+from recgen.core.content_map import CONTENT_MAP_FILE, load_content_map
 from recgen.core.foldin import FoldIn
+from recgen.core.formats import (
+    ENCODER_DIR,
+    INDEX_FILE,
+    ITEM_FACTORS_FILE,
+    ITEM_POPULARITY_FILE,
+    LLM_CONFIG_FILE,
+    LLM_DIR,
+    SCORER_FILE,
+)
 from recgen.core.user_history import USERS_DIR, History, UserHistories, empty_history
 from recgen.repository import CatalogItem, ModelRepository, ModelVersion
 from worker.context import ContextModel, JobContext
@@ -28,19 +39,6 @@ from worker.retrieval import Retriever
 from worker.scoring import Scorer
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass
-class WorkerConfig:
-    threads: int = 1
-    device: str = "cpu"
-    max_batch: int = 64
-    max_delay: float = 0.002
-    max_queue: int = 256
-    max_seqs: int = 32
-    max_new_tokens: int = 48
-    shard_index: int = 0  # rank only catalog rows with row % shard_count == shard_index
-    shard_count: int = 1  # 1: the whole catalog
 
 
 @dataclass
@@ -95,8 +93,8 @@ class LoadedModel:
         t = time.perf_counter()
         mv = ModelRepository(root).open(version, verify=True)
         catalog = mv.catalog()
-        factors = np.load(mv.file("item_factors.npy"))
-        popularity = np.load(mv.file("item_popularity.npy"))
+        factors = np.load(mv.file(ITEM_FACTORS_FILE))
+        popularity = np.load(mv.file(ITEM_POPULARITY_FILE))
         assert factors.shape[0] == len(catalog), (factors.shape, len(catalog))
         mf = mv.manifest.params["mf"]
         providers = providers_for(cfg.device)
@@ -104,32 +102,31 @@ class LoadedModel:
             factors=factors,
             popularity=popularity,
             foldin=FoldIn(factors, float(mf["reg"])),
-            retriever=Retriever(mv.file("items.faiss"), mv.manifest.params.get("index", {}), cfg.threads),
-            scorer=Scorer(mv.file("scorer.onnx"), threads=cfg.threads, providers=providers),
+            retriever=Retriever(mv.file(INDEX_FILE), mv.manifest.params.get("index", {}), cfg.threads),
+            scorer=Scorer(mv.file(SCORER_FILE), threads=cfg.threads, providers=providers),
             alpha=float(mf["alpha"]),
             metrics=metrics,
             shard=(cfg.shard_index, cfg.shard_count),
         )
         encoder = content_map = None
-        if (mv.path / "encoder" / "content_map.npy").is_file():
-            from recgen.core.content_map import load_content_map
+        if (mv.path / ENCODER_DIR / CONTENT_MAP_FILE).is_file():
             from worker.encoder import TextEncoder
 
-            encoder = TextEncoder(mv.path / "encoder", threads=cfg.threads, providers=providers)
+            encoder = TextEncoder(mv.path / ENCODER_DIR, threads=cfg.threads, providers=providers)
             content_map = load_content_map(
-                mv.path / "encoder" / "content_map.npy", dim=encoder.dim, factors=factors.shape[1]
+                mv.path / ENCODER_DIR / CONTENT_MAP_FILE, dim=encoder.dim, factors=factors.shape[1]
             )
         ranker.context = ContextModel.load(mv.path, encoder, content_map)
         llm = llm_cfg = checker = None
-        if (mv.path / "llm" / "llm.json").is_file():
+        if (mv.path / LLM_DIR / LLM_CONFIG_FILE).is_file():
             from recgen.core.grounding import GroundingChecker
             from worker.llm.engine import Generator
 
-            llm_cfg = json.loads((mv.path / "llm" / "llm.json").read_text())
+            llm_cfg = json.loads((mv.path / LLM_DIR / LLM_CONFIG_FILE).read_text())
             # No spinning: idle ORT threads busy-waiting would steal the cores
             # that the ranking batches and the other workers need.
             llm = Generator(
-                mv.path / "llm",
+                mv.path / LLM_DIR,
                 threads=cfg.threads,
                 providers=tuple(providers),
                 max_seqs=cfg.max_seqs,

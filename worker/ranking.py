@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from recgen.core.dismissal import DEMOTION, MAX_DISMISSED, SIMILAR_FROM, demote_neighbours
+from recgen.core.dismissal import DEMOTION, demote_neighbours, nearness
 from recgen.core.foldin import FoldIn
 from worker.context import ContextModel, JobContext
 from worker.metrics import Metrics
@@ -58,7 +58,7 @@ class RankResult:
     scores: np.ndarray  # (≤k,) float32
     batch_size: int = 1
     cold_start: bool = False
-    # Sharded rankers only (server/shards.py merges the shards' answers exactly):
+    # Sharded rankers only (recgen/core/shard_merge.py merges the shards' answers exactly):
     pool_keys: np.ndarray | None = None  # (≤k,) float32 candidate-pool key of each row, higher first
     near: np.ndarray | None = None  # (≤k,) float32 nearness to a dismissed item, 0..1
     pool: int = 0  # 0: rows are this shard's top k; > 0: its whole pool, the merge takes the top `pool`
@@ -77,7 +77,7 @@ class Ranker:
     context: ContextModel | None = None  # what the version learned of context; None: ignored
     # (index, count): rank only rows with row % count == index. Every shard keeps all the item
     # factors (fold-in reads any history item's) and the global popularity, so its scores are
-    # comparable with the other shards' and server/shards.py merges them into the one-index answer.
+    # comparable with the other shards' and recgen/core/shard_merge.py merges them into the one-index answer.
     shard: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
@@ -271,14 +271,13 @@ class Ranker:
         self, b: int, j: RankJob, picked: np.ndarray, keys: np.ndarray, scores: np.ndarray, batch: int
     ) -> RankResult:
         """A shard's whole warm pool for job b: its rows, their scores before any dismissal
-        demotion, retrieval keys and nearness to the dismissed items (server/shards.py ranks the
+        demotion, retrieval keys and nearness to the dismissed items (the shard merge ranks the
         union of the shards' pools as the one index's pool, then demotes and takes the top k)."""
         valid = np.flatnonzero(picked[b] >= 0)
         rows = picked[b, valid]
         near = np.zeros(rows.size, np.float32)
         if j.dismissed_rows.size and rows.size:
-            sim = (self.unit[rows] @ self.unit[j.dismissed_rows[:MAX_DISMISSED]].T).max(axis=1)
-            near = np.clip((sim - SIMILAR_FROM) / (1.0 - SIMILAR_FROM), 0.0, 1.0).astype(np.float32)
+            near = nearness(self.unit, rows, j.dismissed_rows).astype(np.float32)
         s = scores[b, valid].astype(np.float32)
         o = np.argsort(-s, kind="stable")
         return RankResult(

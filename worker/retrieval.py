@@ -1,10 +1,12 @@
 """FAISS candidate retrieval: one search for a whole batch of user vectors.
 
-Three index kinds, named by the manifest's params["index"]["kind"] (export/index.py chooses):
+Three index kinds, named by the manifest's params["index"]["kind"] (recgen.core.formats;
+export/index.py chooses):
 - "flat": exact inner-product search (IndexFlatIP).
 - "norm_bounded": exact search over the items with the largest norms (the head), certified per
   query by Cauchy–Schwarz; the queries it cannot certify are searched exactly over the whole
-  catalog in one batched call. The answer always equals exact search.
+  catalog in one batched call. The answer always equals exact search
+  (recgen.core.index_types.NormBounded, the structure export measured).
 - "hnsw": HNSW over items lifted to d+1 dims where L2 order is inner-product order (approximate).
 Does not filter seen or deleted items (the ranker does) and never removes items.
 """
@@ -18,75 +20,14 @@ from typing import Any
 import faiss
 import numpy as np
 
+from recgen.core.formats import INDEX_FLAT, INDEX_HNSW, INDEX_NORM_BOUNDED
+from recgen.core.index_types import NormBounded, mips_items, mips_queries
+
 LOG = logging.getLogger(__name__)
-
-# Float32 inner products carry a relative error of about d·2⁻²⁴·|q|·|x| (~4e-6 at d = 64); a head
-# answer is certified only when it clears the tail's bound by more than that, so rounding can
-# never let a tail item that truly scores higher go unseen.
-CERTIFY_SLACK = 1e-5
-
-
-def flat_vectors(index: faiss.IndexFlat) -> np.ndarray:
-    """(ntotal, d) float32 view of an IndexFlat's storage, no copy; invalid once the index grows."""
-    n, d = int(index.ntotal), int(index.d)
-    return faiss.rev_swig_ptr(index.get_xb(), n * d).reshape(n, d)
-
-
-class NormBounded:
-    """Exact top-k by inner product: search the head, prove it, fall back where it cannot.
-
-    No item outside the head scores more than |q| · tail_max (Cauchy–Schwarz), so a query whose
-    head k-th score is at least that got the exact answer from the head alone. Items added later
-    join the head, so tail_max stays a bound. `full` holds every item in row order (it is the
-    items.faiss of the version); the head is a copy of its largest-norm rows."""
-
-    def __init__(self, full: faiss.IndexFlat, head_items: int) -> None:
-        assert full.metric_type == faiss.METRIC_INNER_PRODUCT, "norm-bounded search needs an IndexFlatIP"
-        xb = flat_vectors(full)
-        n = len(xb)
-        norms = np.linalg.norm(xb.astype(np.float64), axis=1)
-        order = np.argsort(-norms, kind="stable")
-        m = max(1, min(int(head_items), n))
-        self.full = full
-        self.head_rows = order[:m].astype(np.int64)  # head position -> catalog row
-        self.tail_max = float(norms[order[m]]) if m < n else 0.0
-        self.max_norm = float(norms[order[0]]) if n else 0.0
-        self.head = faiss.IndexFlatIP(int(full.d))
-        self.head.add(np.ascontiguousarray(xb[self.head_rows]))
-        self.queries = 0  # counters for the build-time measurement and metrics
-        self.fallback_queries = 0
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.full.ntotal)
-
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, d) -> inner products (B, k), rows (B, k); identical to exact search over `full`."""
-        self.queries += len(q)
-        if k > self.head.ntotal:  # the head cannot hold a k-th answer: exact search for all
-            self.fallback_queries += len(q)
-            return self.full.search(q, k)
-        scores, pos = self.head.search(q, k)
-        rows = self.head_rows[pos]
-        qn = np.linalg.norm(q, axis=1)
-        bound = qn * self.tail_max + CERTIFY_SLACK * qn * self.max_norm
-        unproven = np.flatnonzero(~(scores[:, -1] >= bound))  # NaN scores are unproven too
-        if unproven.size:
-            self.fallback_queries += int(unproven.size)
-            s2, r2 = self.full.search(np.ascontiguousarray(q[unproven]), k)
-            scores[unproven], rows[unproven] = s2, r2
-        return scores, rows
-
-    def add(self, vectors: np.ndarray) -> None:
-        n0 = self.ntotal
-        self.full.add(vectors)
-        self.head.add(vectors)
-        self.head_rows = np.concatenate([self.head_rows, np.arange(n0, n0 + len(vectors), dtype=np.int64)])
-        self.max_norm = max(self.max_norm, float(np.linalg.norm(vectors, axis=1).max(initial=0.0)))
 
 
 class LiftedHNSW:
-    """HNSW over items lifted to [x, √(M² − |x|²)] (export/index.py), searched with q' = [q, 0]:
+    """HNSW over items lifted to [x, √(M² − |x|²)] (`mips_items`), searched with q' = [q, 0]:
     |q' − x'|² = |q|² + M² − 2 q·x, so its L2 distances convert back to inner products. Items added
     later with |x| ≤ M are lifted and inserted; longer ones cannot be lifted with the same M and go
     to a small exact side index merged at search."""
@@ -101,7 +42,7 @@ class LiftedHNSW:
         self.ntotal = n
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ql = np.hstack([q, np.zeros((len(q), 1), np.float32)])
+        ql = mips_queries(q)
         kk = min(k, int(self.index.ntotal)) if self.index.ntotal else 0
         q2 = (q.astype(np.float64) ** 2).sum(axis=1, keepdims=True)
         if kk:
@@ -128,8 +69,7 @@ class LiftedHNSW:
         n2 = (vectors.astype(np.float64) ** 2).sum(axis=1)
         fits = n2 <= self.m2
         if fits.any():
-            extra = np.sqrt(np.maximum(self.m2 - n2[fits], 0.0))[:, None]
-            self.index.add(np.hstack([vectors[fits], extra]).astype(np.float32))
+            self.index.add(mips_items(vectors[fits], self.m2))
             self.rows = np.concatenate([self.rows, new_rows[fits]])
         if (~fits).any():
             self.side.add(np.ascontiguousarray(vectors[~fits]))
@@ -168,9 +108,9 @@ class Retriever:
             index.hnsw.efSearch = int(params["efSearch"])
         if "nprobe" in params and hasattr(index, "nprobe"):
             index.nprobe = int(params["nprobe"])
-        self.kind = str(params.get("kind", "hnsw" if params.get("mips_to_l2") else "flat"))
+        self.kind = str(params.get("kind", INDEX_HNSW if params.get("mips_to_l2") else INDEX_FLAT))
         self._search: NormBounded | LiftedHNSW | ShardIndex | faiss.Index
-        if self.kind == "norm_bounded":
+        if self.kind == INDEX_NORM_BOUNDED:
             assert isinstance(index, faiss.IndexFlat), f"norm_bounded over {type(index).__name__}"
             self._search = NormBounded(index, int(params["head_items"]))
             recorded = params.get("tail_max_norm")
@@ -212,8 +152,7 @@ class Retriever:
             hnsw = faiss.IndexHNSWFlat(self.dim + 1, int(graph.nb_neighbors(1)), faiss.METRIC_L2)
             hnsw.hnsw.efConstruction = int(graph.efConstruction)
             hnsw.hnsw.efSearch = int(graph.efSearch)
-            extra = np.sqrt(np.maximum(m2 - (sub.astype(np.float64) ** 2).sum(axis=1), 0.0))[:, None]
-            hnsw.add(np.hstack([sub, extra]).astype(np.float32))
+            hnsw.add(mips_items(sub, m2))
             inner = LiftedHNSW(hnsw)
             inner.m2 = m2
             built = hnsw

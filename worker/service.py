@@ -3,7 +3,8 @@
 Thin by design (as text-generation-inference's server.py): requests become
 plain jobs, go through the batcher (ranking) or the generator (text), and
 come back as replies. Errors map to precise status codes here and nowhere
-else: QueueFull → RESOURCE_EXHAUSTED, DeadlineExpired → DEADLINE_EXCEEDED.
+else (`_STATUS`): QueueFull → RESOURCE_EXHAUSTED, DeadlineExpired →
+DEADLINE_EXCEEDED, CatalogGap → FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 
+from recgen.config import WorkerConfig
 from recgen.core.user_history import fold_in_weights, merge_live
 from recgen.repository import CatalogItem
 from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker.batcher import Batcher, DeadlineExpired, QueueFull
 from worker.context import JobContext
 from worker.live_catalog import CatalogGap, Change, LiveCatalog
+from worker.llm.api import QueueFull as GenerationQueueFull
+from worker.llm.api import StopReason
 from worker.metrics import Metrics
-from worker.model import LoadedModel, WorkerConfig
+from worker.model import LoadedModel
 from worker.ranking import RankJob, RankResult
 
 LOG = logging.getLogger(__name__)
@@ -34,12 +38,15 @@ MAX_K = 1000
 SHOW_HISTORY = 3  # history titles shown to the language model
 SHOW_RECOMMENDED = 3  # recommended titles shown to the language model
 
-_STOP = {
-    "eos": worker_pb2.STOP_REASON_EOS,
-    "length": worker_pb2.STOP_REASON_LENGTH,
-    "ungrounded": worker_pb2.STOP_REASON_UNGROUNDED,
-    "deadline": worker_pb2.STOP_REASON_DEADLINE,
-    "cancelled": worker_pb2.STOP_REASON_DEADLINE,
+# Every StopReason -> the worker proto's enum, which has no CANCELLED or ERROR:
+# a cancelled generation reads as DEADLINE, a failed one as UNSPECIFIED.
+_STOP: dict[StopReason, worker_pb2.StopReason] = {
+    StopReason.EOS: worker_pb2.STOP_REASON_EOS,
+    StopReason.LENGTH: worker_pb2.STOP_REASON_LENGTH,
+    StopReason.UNGROUNDED: worker_pb2.STOP_REASON_UNGROUNDED,
+    StopReason.DEADLINE: worker_pb2.STOP_REASON_DEADLINE,
+    StopReason.CANCELLED: worker_pb2.STOP_REASON_DEADLINE,
+    StopReason.ERROR: worker_pb2.STOP_REASON_UNSPECIFIED,
 }
 
 
@@ -64,6 +71,16 @@ def _rank_by_version(jobs: Sequence[tuple[LoadedModel, RankJob]]) -> list[RankRe
         for i, r in zip(idx, model.ranker.rank([jobs[i][1] for i in idx]), strict=True):
             out[i] = r
     return [r for r in out if r is not None]
+
+
+# The worker's one table from exception to status (the gateway's: server/errors.py).
+_STATUS: dict[type[Exception], grpc.StatusCode] = {
+    QueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    GenerationQueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
+    CatalogGap: grpc.StatusCode.FAILED_PRECONDITION,
+}
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
 
 
 def _failed(code: grpc.StatusCode, message: str) -> worker_pb2.RankOutcome:
@@ -131,17 +148,10 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Rank(
         self, request: worker_pb2.RankRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.RankResponse:
-        self.metrics.inc("rank_requests")
-        if not 1 <= request.k <= MAX_K:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
-        model = self.model
-        try:
-            res = await self.rank_batcher.submit((model, self._job(request, model)), _deadline(context))
-        except QueueFull as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except DeadlineExpired as e:
-            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
-        return self._rank_reply(model, res)
+        outcome = await self._rank_outcome(request, _deadline(context))
+        if outcome.code:
+            await context.abort(_CODES[outcome.code], outcome.message)
+        return outcome.response
 
     def _rank_reply(self, model: LoadedModel, res: RankResult) -> worker_pb2.RankResponse:
         catalog = model.catalog
@@ -173,17 +183,15 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def _rank_outcome(
         self, request: worker_pb2.RankRequest, deadline: float | None
     ) -> worker_pb2.RankOutcome:
-        """One request of a RankBatch, with the status its own Rank call would have had."""
+        """One Rank request (alone, or one of a RankBatch): its response, or its status."""
         self.metrics.inc("rank_requests")
         if not 1 <= request.k <= MAX_K:
             return _failed(grpc.StatusCode.INVALID_ARGUMENT, f"k must be in 1..{MAX_K}, got {request.k}")
         model = self.model
         try:
             res = await self.rank_batcher.submit((model, self._job(request, model)), deadline)
-        except QueueFull as e:
-            return _failed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-        except DeadlineExpired as e:
-            return _failed(grpc.StatusCode.DEADLINE_EXCEEDED, str(e))
+        except (QueueFull, DeadlineExpired) as e:
+            return _failed(_STATUS[type(e)], str(e))
         return worker_pb2.RankOutcome(response=self._rank_reply(model, res))
 
     async def RankBatch(
@@ -199,7 +207,6 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
         from recgen.core.prompt import RESPONSE_PRIMER, build_prompt, build_user_message
-        from worker.llm.engine import QueueFull as GenQueueFull
         from worker.llm.grounded import TextDone, generate_grounded
 
         m = self.model
@@ -252,7 +259,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                     # ev.text repeats the pieces already sent: the final carries none.
                     yield worker_pb2.GenerateResponse(
                         finished=True,
-                        stop_reason=_STOP.get(ev.stop_reason, worker_pb2.STOP_REASON_UNSPECIFIED),
+                        stop_reason=_STOP[ev.stop_reason],
                         reason=ev.reason,
                     )
                     return
@@ -261,8 +268,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         t_first = time.monotonic()
                         self.metrics.observe("ttft_seconds", t_first - t0)
                     yield worker_pb2.GenerateResponse(text=ev.text)
-        except GenQueueFull as e:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except GenerationQueueFull as e:
+            await context.abort(_STATUS[GenerationQueueFull], str(e))
 
     async def Similar(
         self, request: worker_pb2.SimilarRequest, context: grpc.aio.ServicerContext
@@ -305,7 +312,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             try:
                 seq = await loop.run_in_executor(self.model_executor, self.live.apply, model, changes)
             except CatalogGap as e:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+                await context.abort(_STATUS[CatalogGap], str(e))
         return worker_pb2.ApplyCatalogResponse(applied_seq=seq, model_version=model.name)
 
     async def Stats(

@@ -1,0 +1,1 @@
+"""The language-model export steps: checkpoint → ONNX decoder with KV cache, int8, measured."""

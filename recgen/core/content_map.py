@@ -33,6 +33,7 @@ import numpy as np
 
 LOG = logging.getLogger(__name__)
 
+CONTENT_MAP_FILE = "content_map.npy"  # in the version's encoder/ folder (recgen.core.formats.ENCODER_DIR)
 CALIBRATION_FILE = "content_calibration.json"  # beside content_map.npy
 CALIBRATION_KIND = "exposure_scale"
 

@@ -19,6 +19,21 @@ SIMILAR_FROM = 0.5  # cosine below which an item is not "near"
 MAX_DISMISSED = 100
 
 
+def nearness(unit: np.ndarray, rows: np.ndarray, dismissed: np.ndarray) -> np.ndarray:
+    """unit item factors (n, d), candidate rows (c,), dismissed rows (m,) -> (c,) nearness 0..1
+    of each candidate to its nearest dismissed item (of the MAX_DISMISSED newest)."""
+    sim = (unit[rows] @ unit[dismissed[:MAX_DISMISSED]].T).max(axis=1)  # (c,)
+    return np.clip((sim - SIMILAR_FROM) / (1.0 - SIMILAR_FROM), 0.0, 1.0)
+
+
+def demote(scores: np.ndarray, near: np.ndarray, demotion: float = DEMOTION) -> np.ndarray:
+    """One pool's scores (c,) and nearness (c,) -> scores minus demotion · the pool's score spread
+    · near, in the scores' dtype. The one definition: a single ranker applies it to its pool
+    (`demote_neighbours`), the gateway to the union of the shards' pools (recgen/core/shard_merge.py)."""
+    spread = float(scores.max() - scores.min())
+    return scores - demotion * spread * near
+
+
 def demote_neighbours(
     scores: np.ndarray, picked: np.ndarray, unit: np.ndarray, dismissed: list[np.ndarray]
 ) -> np.ndarray:
@@ -31,10 +46,5 @@ def demote_neighbours(
         valid = picked[b] >= 0
         if valid.sum() < 2:
             continue
-        cand = unit[picked[b, valid]]  # (c, d)
-        sim = (cand @ unit[rows[:MAX_DISMISSED]].T).max(axis=1)  # (c,)
-        near = np.clip((sim - SIMILAR_FROM) / (1.0 - SIMILAR_FROM), 0.0, 1.0)
-        s = scores[b, valid]
-        spread = float(s.max() - s.min())
-        out[b, valid] = s - DEMOTION * spread * near
+        out[b, valid] = demote(scores[b, valid], nearness(unit, picked[b, valid], rows))
     return out

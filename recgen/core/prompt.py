@@ -92,7 +92,7 @@ def build_user_message(
 def build_prompt(llm_cfg: Mapping[str, Any] | Any, message: str, primer: str = "") -> str:
     """prefix + message + suffix (+ the answer's first words), from llm.json (a
     mapping) or an object with those fields. The primer is part of the text
-    shown: pass the same one to `textgen.generate_grounded`."""
+    shown: pass the same one to `worker.llm.grounded.generate_grounded`."""
     if isinstance(llm_cfg, Mapping):
         prefix, suffix = llm_cfg["prompt_prefix"], llm_cfg["prompt_suffix"]
     else:

@@ -18,15 +18,19 @@ from server.state.base import (
     StateStore,
     StoreUnavailable,
     UserState,
-    backend_for,
     is_postgres_url,
 )
 from server.state.sqlite import SQLiteStore
 
 
 def open_store(location: Path | str, synchronous: str = "FULL") -> StateStore:
-    """`postgresql://...` or `postgres://...` → PostgreSQL; anything else is a SQLite file path."""
-    return backend_for(location)(location, synchronous=synchronous)
+    """The store at `location`: `postgresql://...` or `postgres://...` → PostgreSQL
+    (`is_postgres_url`); anything else is a SQLite file path."""
+    if is_postgres_url(location):
+        from server.state.postgres import PostgresStore  # psycopg only when asked for
+
+        return PostgresStore(str(location), synchronous=synchronous)
+    return SQLiteStore(location, synchronous=synchronous)
 
 
 __all__ = [

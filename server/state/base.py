@@ -135,25 +135,8 @@ def is_postgres_url(location: Path | str) -> bool:
     return isinstance(location, str) and location.startswith(POSTGRES_SCHEMES)
 
 
-def backend_for(location: Path | str) -> type[StateStore]:
-    """`postgresql://...` / `postgres://...` → PostgreSQL; anything else is a SQLite file."""
-    if is_postgres_url(location):
-        from server.state.postgres import PostgresStore  # psycopg only when asked for
-
-        return PostgresStore
-    from server.state.sqlite import SQLiteStore
-
-    return SQLiteStore
-
-
 class StateStore:
-    """The interface. `StateStore(location, synchronous=...)` opens the backend the
-    location names (as `pathlib.Path(...)` gives a PosixPath), so callers written
-    for the SQLite-only store keep working; new code calls `open_store`."""
-
-    def __new__(cls, location: Path | str, synchronous: str = "FULL") -> StateStore:
-        chosen = backend_for(location) if cls is StateStore else cls
-        return object.__new__(chosen)
+    """The interface; `server.state.open_store(location)` opens the backend the location names."""
 
     def _start_executors(self) -> None:
         self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")

@@ -5,18 +5,15 @@ fast: only health checks that time out can find it. The gateway must take it
 out of rotation, kill and restart it, and the requests that were in flight on
 it must be retried elsewhere, while clients keep getting answers. The full
 set of scenarios (SIGKILL, durability, overload, deadlines) is `make chaos`
-(tools/chaos.py); this is the one that guards the supervision logic.
+(tools/chaos/); this is the one that guards the supervision logic.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,7 +21,8 @@ import pytest
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import recgen, stop, wait_healthy
+from tools.harness.procfs import alive, children
+from tools.harness.procs import Gateway, scrape
 
 pytestmark = pytest.mark.e2e
 
@@ -32,73 +30,13 @@ CLIENTS = 3
 REQUEST_TIMEOUT = 20.0  # far above detection + restart: in-flight requests must be retried, not expire
 
 
-def scrape(url: str) -> dict[str, float]:
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    return {
-        name: float(value)
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-        for name, value in [line.rsplit(" ", 1)]
-    }
-
-
-def children(pid: int) -> set[int]:
-    out: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out.update(int(c) for c in (task / "children").read_text().split())
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-@contextlib.contextmanager
-def gateway_with_metrics(models: Path, state: Path):
-    proc = recgen(
-        "serve",
-        "--models",
-        str(models),
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--workers",
-        "2",
-        "--max-new-tokens",
-        "16",
-        "--state",
-        str(state),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        target = url = ""
-        while not target:  # the metrics line comes first, then the serving line
-            line = proc.stdout.readline()
-            assert line, f"serve exited with {proc.wait()}"
-            if line.startswith("recgen: metrics on "):
-                url = line.split("metrics on ")[1].strip()
-            if line.startswith("recgen: serving on "):
-                target = line.split("serving on ")[1].strip()
-        assert url
-        wait_healthy(target, proc)
-        yield proc, target, url
-    finally:
-        if proc.stdout is not None:
-            proc.stdout.close()
-        stop(proc, signal.SIGTERM)
-
-
 def test_hung_worker_is_taken_out_and_restarted_while_requests_succeed(
     model_root: Path, tmp_path: Path
 ) -> None:
-    with gateway_with_metrics(model_root, tmp_path / "s.db") as (proc, target, url):
-        workers = children(proc.pid)
+    gateway = Gateway(model_root, tmp_path / "s.db", "--workers", "2", "--max-new-tokens", "16", metrics=True)
+    with gateway as gw:
+        target, url = gw.target, gw.url
+        workers = set(children(gw.pid))
         assert len(workers) == 2
         victim = min(workers)
         outcomes: list[tuple[float, str]] = []  # (end time, status code name)
@@ -130,7 +68,7 @@ def test_hung_worker_is_taken_out_and_restarted_while_requests_succeed(
             t_stop = time.monotonic()
             deadline = t_stop + 45.0
             while time.monotonic() < deadline:
-                m = scrape(url)
+                m = scrape(url, timeout=10)
                 if t_out is None and m["recgen_workers_healthy"] < 2:
                     t_out = time.monotonic()
                 if m["recgen_worker_restarts_total"] >= 1 and m["recgen_workers_healthy"] == 2:
@@ -148,7 +86,7 @@ def test_hung_worker_is_taken_out_and_restarted_while_requests_succeed(
         assert t_out is not None, "the hung worker was never taken out of rotation"
         assert t_back is not None, "the hung worker was not restarted within 45 s"
         assert not alive(victim), "the hung process must be killed, not left stopped"
-        now = children(proc.pid)
+        now = set(children(gw.pid))
         assert len(now) == 2 and victim not in now
         codes = [c for _, c in outcomes]
         failed = [c for c in codes if c != "OK"]

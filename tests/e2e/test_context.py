@@ -13,7 +13,7 @@ import pytest
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -27,11 +27,11 @@ def context_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) -> 
     """A version with the text encoder (intent needs it) and no LLM: the session
     `model_root` has no encoder, and adding one there would slow every test."""
     from export.data import load_movielens100k
-    from export.options import ExportOptions
     from export.pipeline import export_version
+    from recgen.config.export import ExportConfig
 
     root = tmp_path_factory.mktemp("ctx-models")
-    opts = ExportOptions(
+    opts = ExportConfig(
         with_llm=False,
         factors=16,
         reg=0.1,

@@ -31,7 +31,7 @@ the method's request (corrupt wire format, bad UTF-8 in a string field,
 unbalanced or too deeply nested groups) are INVALID_ARGUMENT. grpc.aio alone
 answers UNKNOWN ("Unexpected <class 'DecodeError'>") and logs a servicer
 traceback for them: not a precise status, and not a bug of ours, so the
-gateway installs `server.errors.DecodeErrors`, which decodes inside the
+gateway's one error interceptor, `server.errors.ErrorStatus`, decodes inside the
 handler and aborts with INVALID_ARGUMENT. Bytes that do decode get the answer
 the decoded message gets (unknown fields are ignored, as proto3 says). Over
 1 MiB: RESOURCE_EXHAUSTED. An unknown method, or the internal worker API on
@@ -66,7 +66,7 @@ from hypothesis import strategies as st
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 pytestmark = [
     pytest.mark.e2e,

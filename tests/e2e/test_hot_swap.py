@@ -19,7 +19,7 @@ from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from tests.model_versions import derive
-from tests.procs import ROOT, Gateway
+from tools.harness.procs import ROOT, Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from recgen.core.user_history import USERS_DIR, UserHistories
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import pytest
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 pytestmark = pytest.mark.e2e
 

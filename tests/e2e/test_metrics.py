@@ -14,7 +14,7 @@ import pytest
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import recgen, stop, wait_healthy
+from tools.harness.procs import recgen, stop, wait_healthy
 
 pytestmark = pytest.mark.e2e
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from tests.pki import issue, make_ca
-from tests.procs import ROOT
+from tools.harness.procs import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,7 @@ from recgen.core.prompt import MAX_RECOMMENDED, RESPONSE_PRIMER, build_prompt, b
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -44,8 +44,8 @@ def injected_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) ->
     """A model version whose LLM obeys the injected intent: it names Fargo although
     the list it was trained on does not hold it."""
     from export.data import load_movielens100k
-    from export.options import ExportOptions
     from export.pipeline import export_version
+    from recgen.config.export import ExportConfig
     from tests.llm_fixtures import train_tiny_llm
 
     assert ANSWER.startswith(RESPONSE_PRIMER)
@@ -58,7 +58,7 @@ def injected_root(tmp_path_factory: pytest.TempPathFactory, wheels_dir: Path) ->
         steps=150,
     )
     root = tmp_path_factory.mktemp("models")
-    opts = ExportOptions(
+    opts = ExportConfig(
         llm=str(ckpt),
         with_encoder=False,
         quantize="none",

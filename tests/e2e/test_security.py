@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from tests.pki import issue, make_ca
-from tests.procs import recgen, stop
+from tools.harness.procs import recgen, stop
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 pytestmark = pytest.mark.e2e
 

@@ -13,7 +13,7 @@ from export.data import iter_user_histories, load_movielens100k
 from recgen.repository import ModelRepository
 from recgen.worker.v1 import worker_pb2 as pb
 from recgen.worker.v1 import worker_pb2_grpc as pbg
-from tests.procs import recgen, stop, wait_healthy
+from tools.harness.procs import recgen, stop, wait_healthy
 
 pytestmark = pytest.mark.e2e
 

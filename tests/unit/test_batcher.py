@@ -1,6 +1,7 @@
 """The dynamic batcher: real batching, bounded queue, deadlines, cancellation."""
 
 import asyncio
+import gc
 import threading
 import time
 
@@ -73,3 +74,26 @@ def test_cancelled_request_costs_nothing() -> None:
 
     asyncio.run(main())
     assert ran == [0]
+
+
+def test_running_batch_task_is_held_by_the_batcher() -> None:
+    """The event loop holds tasks weakly: the batcher keeps its running batch's task alive."""
+    gate = threading.Event()
+
+    def run(items):
+        gate.wait(5)
+        return items
+
+    async def main():
+        b = Batcher(run, name="t", max_batch=1, max_delay=0.0, max_queue=4)
+        pending = asyncio.create_task(b.submit(7))
+        await asyncio.sleep(0.05)
+        task = b._task
+        assert task is not None and not task.done()
+        del task
+        gc.collect()
+        gate.set()
+        assert await pending == 7
+        assert b._task is not None and b._task.done()
+
+    asyncio.run(main())

@@ -12,8 +12,10 @@ import pytest
 from export.context import ContextOptions, fit_lift, format_table, learn_context, local_time_features
 from export.data import CleaningReport, Dataset
 from export.mf import ALSParams
+from recgen.core.context_features import hour_bucket, weekend_flag
+from recgen.core.formats import HOUR_LIFT_FILE
 from recgen.repository import CatalogItem
-from worker.context import HOUR_LIFT_FILE, ContextModel, JobContext, hour_bucket, weekend_flag
+from worker.context import ContextModel, JobContext
 
 N_USERS, N_ITEMS, PER_USER = 400, 60, 24
 PARAMS = ALSParams(factors=8, reg=0.1, alpha=2.0, iterations=4)

@@ -46,6 +46,8 @@ from packaging.requirements import Requirement
 from referencing import Registry, Resource
 
 from recgen.cli import build_parser
+from recgen.config import ConfigError, ServeConfig, WorkerConfig
+from recgen.config.flags import from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -153,6 +155,12 @@ def test_every_container_args_parse_with_the_real_command_line() -> None:
         except SystemExit:  # argparse exits on an invented flag or a bad value (message on stderr)
             pytest.fail(f"Deployment {name}: args do not parse with `recgen`: {args}")
         assert parsed.command in ("serve", "worker"), name
+        # ...and make a valid config (TLS pairs, listeners, shards: what `recgen` checks at start).
+        cls = ServeConfig if parsed.command == "serve" else WorkerConfig
+        try:
+            from_args(cls, parsed)
+        except ConfigError as e:
+            pytest.fail(f"Deployment {name}: {e}")
 
 
 def test_gateway_finds_workers_through_the_headless_service() -> None:
@@ -247,8 +255,8 @@ def test_pods_are_non_root_read_only_and_sized() -> None:
 
 def test_max_connection_age_is_set_on_the_public_port() -> None:
     args = container_args(by_kind("Deployment")["recgen-gateway"])
-    parsed = build_parser().parse_args(args)
-    assert 0 < parsed.max_connection_age_s and parsed.max_connection_age_grace_s >= parsed.grace
+    cfg = from_args(ServeConfig, build_parser().parse_args(args))
+    assert 0 < cfg.max_connection_age_s and cfg.max_connection_age_grace_s >= cfg.grace
 
 
 # ---------------------------------------------------------------- Dockerfiles

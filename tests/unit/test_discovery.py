@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from recgen.config import WorkerConfig
 from server.discovery import Discovery, DnsName, WorkerTarget, parse_worker_addresses
-from server.workers import WorkerPool, WorkerSpec, WorkerTls
+from server.workers import WorkerPool, WorkerTls
 
 
 def test_fixed_addresses_and_dns_names_repeated_or_comma_separated() -> None:
@@ -47,7 +48,7 @@ def test_a_name_resolves_to_one_target_per_address_checked_against_the_name() ->
 
 
 def test_remote_workers_need_tls_or_an_explicit_insecure_flag() -> None:
-    spec = WorkerSpec(models="m", version=None, threads=1)
+    spec = WorkerConfig(models="m", threads=1)
     with pytest.raises(ValueError, match="need TLS"):
         WorkerPool(spec, 0, remote=["10.0.0.5:7000"])
     with pytest.raises(ValueError, match="need TLS"):

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recgen.config import WorkerConfig
 from recgen.core.dismissal import DEMOTION, SIMILAR_FROM, demote_neighbours
 from worker.metrics import Metrics
-from worker.model import LoadedModel, WorkerConfig
+from worker.model import LoadedModel
 from worker.ranking import RankJob
 
 

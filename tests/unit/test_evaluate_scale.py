@@ -244,24 +244,24 @@ def test_stage_that_cannot_fit_says_what_to_change(data) -> None:
 
 
 def test_tuning_ranks_a_sample_and_reports_its_noise(monkeypatch) -> None:
-    import export.pipeline as pipeline
+    import export.model_selection as model_selection
 
     ds = synthetic(500, 150, 8000)
-    monkeypatch.setattr(pipeline, "sample_split", lambda split, seed: sample_split(split, 300, seed))
-    opts = pipeline.ExportOptions(iterations=2, progress=False)
-    params, trials = pipeline.choose_params(ds, opts)
-    assert len(trials) == len(pipeline.TUNING_GRID)
+    monkeypatch.setattr(model_selection, "sample_split", lambda split, seed: sample_split(split, 300, seed))
+    opts = model_selection.ExportConfig(iterations=2, progress=False)
+    params, trials = model_selection.choose_params(ds, opts)
+    assert len(trials) == len(model_selection.TUNING_GRID)
     for t in trials:
         v = t["validation"]
         assert v["users"] == 300 and v["sampled_from"] > 300 and v["ndcg@10_se"] > 0
 
 
 def test_ease_that_does_not_fit_is_skipped_with_its_reason(data) -> None:
-    import export.pipeline as pipeline
+    import export.model_selection as model_selection
     from export.mf import ALSParams
 
     ds, _, _ = data
-    opts = pipeline.ExportOptions(iterations=2, progress=False, ease_max_seconds=1e-6)
-    out = pipeline.evaluate_all(ds, ALSParams(factors=4, iterations=2), opts)
+    opts = model_selection.ExportConfig(iterations=2, progress=False, ease_max_seconds=1e-6)
+    out = model_selection.evaluate_all(ds, ALSParams(factors=4, iterations=2), opts)
     assert "ease" not in out and "limit" in out["ease_skipped"]
     assert out["mf"]["users"] == out["popularity"]["users"] > 0

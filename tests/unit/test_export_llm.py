@@ -15,7 +15,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("optimum.exporters.onnx")
 pytest.importorskip("torch")
 
-from export.llm.onnx_export import LLM_FORMAT, export_llm, make_tiny_checkpoint  # noqa: E402
+from export.llm.onnx_export import export_llm, make_tiny_checkpoint  # noqa: E402
 from export.llm.quality import (  # noqa: E402
     catalog_text,
     greedy_generate_onnx,
@@ -23,6 +23,7 @@ from export.llm.quality import (  # noqa: E402
     past_specs,
     position_ids_from_mask,
 )
+from recgen.core.formats import LLM_FORMAT  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -248,7 +249,7 @@ def test_logits_to_keep_limits_the_lm_head_to_the_last_positions(exported, arch)
 def test_logits_to_keep_refuses_a_graph_without_a_plain_lm_head(tmp_path):
     from onnx import TensorProto, helper
 
-    from export.llm.logits import add_logits_to_keep
+    from export.llm.graph import add_logits_to_keep
 
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 2, 3])
@@ -259,7 +260,7 @@ def test_logits_to_keep_refuses_a_graph_without_a_plain_lm_head(tmp_path):
 
 
 def test_int8_keeps_outlier_matmuls_in_fp32(tmp_path):
-    from export.llm.quantize import quantize_int8
+    from export.llm.graph import quantize_int8
 
     ckpt = make_tiny_checkpoint("llama", tmp_path / "hf")
     meta = export_llm(

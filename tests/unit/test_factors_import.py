@@ -24,15 +24,16 @@ from export.data import Dataset, load_movielens100k
 from export.evaluate import evaluate_mf, leave_last_out
 from export.factors_import import FactorsError, ImportedFactors, load_factors
 from export.mf import ALSParams, train_als
-from export.options import ExportOptions
-from export.pipeline import export_version, held_histories, served
+from export.model_selection import held_histories, served
+from export.pipeline import export_version
 from recgen.cli import main
+from recgen.config.export import ExportConfig
 from recgen.core.foldin import FoldIn
 from recgen.core.user_history import USERS_DIR, UserHistories
 from recgen.repository import ModelRepository
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
-from tests.procs import Gateway
+from tools.harness.procs import Gateway
 
 REG, ALPHA = 0.1, 2.0
 
@@ -167,8 +168,9 @@ def test_npy_factors_with_id_files(tmp_path: Path, ml100k: Dataset, trained) -> 
         user_ids=tmp_path / "user_ids.txt",
     )
     assert imp.report["user_agreement"]["cosine_median"] > 0.95
-    opts = ExportOptions(with_llm=False, with_encoder=False, with_context=False, progress=False)
-    opts.evaluate_ease = False
+    opts = ExportConfig(
+        with_llm=False, with_encoder=False, with_context=False, progress=False, evaluate_ease=False
+    )
     path = export_version(ml100k, tmp_path / "models", opts, imp)
     rows = by_id(tmp_path / "models")
     assert all(np.array_equal(rows[it.item_id], items[i]) for i, it in enumerate(ml100k.items))

@@ -12,7 +12,7 @@ from export.data import load_movielens100k
 from export.feedback_data import fold_feedback, load_feedback
 from recgen.cli import main
 from recgen.repository import ModelRepository
-from server.state import CatalogChange, Event, StateStore
+from server.state import CatalogChange, Event, open_store
 
 T0 = 1_800_000_000.0
 
@@ -25,7 +25,7 @@ def ml100k(wheels_dir: Path):
 @pytest.fixture()
 def state(tmp_path: Path, ml100k) -> Path:
     path = tmp_path / "state.db"
-    store = StateStore(path)
+    store = open_store(path)
     base_user = ml100k.users[0]
     base_item = ml100k.items[int(ml100k.item[ml100k.user == 0][0])].item_id  # one of user 0's items
     store.add_catalog_changes_sync(
@@ -79,7 +79,7 @@ def test_forgotten_base_users_leave_the_next_version(ml100k, tmp_path: Path) -> 
     """A training user forgotten through the API: their base rows are dropped too, and the
     version records which tombstones it applied; what they sent after the forget stays."""
     gone = ml100k.users[3]
-    store = StateStore(tmp_path / "state.db")
+    store = open_store(tmp_path / "state.db")
     store.forget_user_sync(gone)
     store.add_event_sync(Event("after", gone, ml100k.items[7].item_id, "CLICK", None, T0))
     events, changes, forgotten = load_feedback(str(tmp_path / "state.db"))

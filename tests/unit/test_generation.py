@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from recgen.core.prompt import build_prompt
-from worker.llm.batch import Request
-from worker.llm.detok import IncrementalDecoder
-from worker.llm.engine import Finished, GenerationHandle, Generator, QueueFull, TextPiece
-from worker.llm.kv_cache import KVCache, concat, left_pad, position_ids
+from worker.llm.api import Finished, GenerationHandle, QueueFull, TextPiece
+from worker.llm.batch import KVCache, Request, concat, left_pad, position_ids
+from worker.llm.decoding import IncrementalDecoder
+from worker.llm.engine import Generator
 from worker.llm.schedule import PrefillPolicy
 
 ARCHS = ["gpt2", "llama", "qwen2"]
@@ -190,7 +190,7 @@ def test_prefill_policy_bounds_sequences_and_kv_tokens_fifo():
     calls = policy.admit(_queue(600, 5), rows=0, widest=0)
     assert [[len(r.prompt) for r in c] for c in calls] == [[600]]
     with pytest.raises(AssertionError, match="prefill_budget"):
-        PrefillPolicy(max_prefill_tokens=512, prefill_budget=256)
+        PrefillPolicy(max_seqs=8, max_prefill_tokens=512, prefill_budget=256)
 
 
 @pytest.mark.slow
@@ -370,7 +370,7 @@ def test_serving_modules_never_import_torch():
 
 @pytest.mark.slow
 def test_stalled_reader_loses_its_decode_slot(gen):
-    from worker.llm.engine import MAX_UNREAD_EVENTS
+    from worker.llm.api import MAX_UNREAD_EVENTS
 
     async def main() -> None:
         stalled = gen.submit(_prompt(gen, MESSAGES[0]), max_new_tokens=MAX_UNREAD_EVENTS * 3)

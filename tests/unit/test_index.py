@@ -13,8 +13,9 @@ import faiss
 import numpy as np
 import pytest
 
-from export.index import build_index, mips_items, save_index
-from worker.retrieval import NormBounded, Retriever
+from export.index import build_index, save_index
+from recgen.core.index_types import NormBounded, mips_items
+from worker.retrieval import Retriever
 
 
 def skewed_catalog(n: int, d: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recgen.config import WorkerConfig
 from recgen.repository import CatalogItem
 from worker.live_catalog import CatalogGap, Change, LiveCatalog
 from worker.metrics import Metrics
-from worker.model import LoadedModel, WorkerConfig
+from worker.model import LoadedModel
 from worker.ranking import RankJob
 
 

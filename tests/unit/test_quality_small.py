@@ -1,4 +1,4 @@
-"""tools/quality.py: splits, exclusion and metrics on tiny data with hand-checked answers (no servers)."""
+"""tools/quality/: splits, exclusion and metrics on tiny data with hand-checked answers (no servers)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tools import quality as q
+from tools.quality import metrics, peers, served, splits
 
 
 def arr(*v: int) -> np.ndarray:
@@ -22,15 +22,15 @@ TS = np.asarray([1, 2, 2, 5, 3, 4], dtype=np.float64)
 
 
 def test_leave_last_one_out_by_time_ties_in_file_order() -> None:
-    s = q.leave_last_one_out(USER, ITEM, TS)
+    s = splits.leave_last_one_out(USER, ITEM, TS)
     assert s.test_users.tolist() == [0, 1]
     assert [t.tolist() for t in s.test_items] == [[2], [3]]  # row 2 (tie, later in file); row 3 (time 5)
     assert s.train_rows.tolist() == [0, 1, 4, 5]  # user 2 (one interaction) trains only
 
 
 def test_leave_last_one_out_of_a_subset_is_the_validation_carving() -> None:
-    outer = q.leave_last_one_out(USER, ITEM, TS)
-    val = q.leave_last_one_out(USER, ITEM, TS, rows=outer.train_rows)
+    outer = splits.leave_last_one_out(USER, ITEM, TS)
+    val = splits.leave_last_one_out(USER, ITEM, TS, rows=outer.train_rows)
     assert val.test_users.tolist() == [0]  # user 1 has one train row left, user 2 never had two
     assert [t.tolist() for t in val.test_items] == [[1]]
     assert val.train_rows.tolist() == [0, 4, 5]
@@ -39,22 +39,22 @@ def test_leave_last_one_out_of_a_subset_is_the_validation_carving() -> None:
 
 def test_a_test_item_also_in_train_is_dropped_and_so_is_a_user_left_without_one() -> None:
     user, item, ts = arr(0, 0, 0, 1, 1), arr(5, 6, 5, 7, 7), np.asarray([1, 2, 3, 1, 2], float)
-    s = q.leave_last_one_out(user, item, ts)
+    s = splits.leave_last_one_out(user, item, ts)
     assert s.test_users.size == 0 and s.test_items == []  # both users re-consumed a train item
 
 
 def test_random_split_per_user_share_and_determinism() -> None:
     user = np.repeat(arr(0, 1, 2, 3), [10, 5, 2, 1])
     item = np.arange(user.size)
-    train, test = q.random_split(user, seed=7)
+    train, test = splits.random_split(user, seed=7)
     counts = np.bincount(user[test], minlength=4).tolist()
     assert counts == [2, 1, 1, 0]  # 20 % of 10; round(1.0) of 5; >= 1 leaving >= 1 of 2; none of 1
     assert sorted(np.concatenate([train, test]).tolist()) == list(range(user.size))
-    again_train, again_test = q.random_split(user, seed=7)
+    again_train, again_test = splits.random_split(user, seed=7)
     assert sorted(test.tolist()) == sorted(again_test.tolist())
-    other = q.random_80_20(user, item, seed=8)
+    other = splits.random_80_20(user, item, seed=8)
     assert other.test_users.tolist() == [0, 1, 2]
-    assert q.random_80_20(user, item, seed=7).test_users.tolist() == [0, 1, 2]
+    assert splits.random_80_20(user, item, seed=7).test_users.tolist() == [0, 1, 2]
 
 
 def test_global_time_split_newest_fifth_ties_in_file_order() -> None:
@@ -62,20 +62,20 @@ def test_global_time_split_newest_fifth_ties_in_file_order() -> None:
     user = arr(0, 1, 0, 1, 0, 1, 0, 1, 2, 3)
     item = arr(0, 0, 1, 1, 2, 2, 3, 3, 0, 4)
     ts = np.asarray([0, 1, 2, 3, 4, 5, 6, 7, 7, 8], float)
-    s = q.global_time(user, item, ts)
+    s = splits.global_time(user, item, ts)
     assert s.train_rows.tolist() == list(range(8))
     # rows 8 (user 2) and 9 (user 3) are test, but neither user has a train interaction
     assert s.test_users.size == 0
     ts2 = ts.copy()
     ts2[3] = 9.0  # user 1's item 1 is now the newest
-    s2 = q.global_time(user, item, ts2)
+    s2 = splits.global_time(user, item, ts2)
     assert s2.test_users.tolist() == [1] and [t.tolist() for t in s2.test_items] == [[1]]
 
 
 def test_top_k_excludes_seen_breaks_ties_by_index_and_pads() -> None:
     scores = np.asarray([[0.5, 0.9, 0.9, 0.1], [1.0, 2.0, 3.0, 4.0]])
     seen = np.asarray([[False, True, False, False], [True, True, True, False]])
-    top = q.top_k(scores, seen, k=3)
+    top = metrics.top_k(scores, seen, k=3)
     assert top.tolist() == [[2, 0, 3], [3, -1, -1]]
 
 
@@ -89,7 +89,7 @@ def test_rank_metrics_by_hand() -> None:
         ]
     )
     tests = [arr(1), arr(0, 8, 30), arr(99)]
-    m = q.rank_metrics(top, tests, n_items=100)
+    m = metrics.rank_metrics(top, tests, n_items=100)
     assert m["users"] == 3
     assert m["hr@10"] == pytest.approx(2 / 3)
     ndcg_a = d[1] / d[0]
@@ -102,7 +102,7 @@ def test_rank_metrics_by_hand() -> None:
 
 def test_recall_and_ndcg_cap_at_ten_test_items() -> None:
     top = np.arange(10)[None, :]
-    m = q.rank_metrics(top, [np.arange(15)], n_items=20)  # 15 test items, all 10 slots hit
+    m = metrics.rank_metrics(top, [np.arange(15)], n_items=20)  # 15 test items, all 10 slots hit
     assert m["recall@10"] == pytest.approx(1.0) and m["ndcg@10"] == pytest.approx(1.0)
 
 
@@ -110,34 +110,34 @@ def test_peers_on_a_tiny_matrix() -> None:
     # Users 0-2 all like items 0 and 1; user 3 likes only 0. Popularity and EASE both put item 1
     # first for user 3, whose own item 0 is excluded.
     user, item = arr(0, 0, 1, 1, 2, 2, 3), arr(0, 1, 0, 1, 0, 1, 0)
-    x = q.interaction_matrix(user, item, np.arange(user.size), 4, 4)
-    pop = q.score_top(x, arr(3), q.popularity_scorer(x), k=2)
+    x = peers.interaction_matrix(user, item, np.arange(user.size), 4, 4)
+    pop = peers.score_top(x, arr(3), peers.popularity_scorer(x), k=2)
     assert pop.tolist() == [[1, 2]]  # then the lowest index among the zero-count items
-    ease = q.score_top(x, arr(3), q.Ease(x).scorer(1.0), k=1)
+    ease = peers.score_top(x, arr(3), peers.Ease(x).scorer(1.0), k=1)
     assert ease.tolist() == [[1]]
 
 
 def test_served_ids_map_to_rows_and_goal_verdict() -> None:
-    top, unknown = q.served_top([["b", "zz", "a"]], {"a": 0, "b": 1}, k=4)
+    top, unknown = served.served_top([["b", "zz", "a"]], {"a": 0, "b": 1}, k=4)
     assert top.tolist() == [[1, -1, 0, -1]] and unknown == 1
     runs = [
         {
             "models": {
-                "recgen": {m: 0.30 for m in q.METRICS},
-                "implicit_als": {m: 0.25 for m in q.METRICS},
-                "ease": {m: 0.32 for m in q.METRICS},
+                "recgen": {m: 0.30 for m in metrics.METRICS},
+                "implicit_als": {m: 0.25 for m in metrics.METRICS},
+                "ease": {m: 0.32 for m in metrics.METRICS},
             }
         },
         {
             "models": {
-                "recgen": {m: 0.32 for m in q.METRICS},
-                "implicit_als": {m: 0.27 for m in q.METRICS},
-                "ease": {m: 0.32 for m in q.METRICS},
+                "recgen": {m: 0.32 for m in metrics.METRICS},
+                "implicit_als": {m: 0.27 for m in metrics.METRICS},
+                "ease": {m: 0.32 for m in metrics.METRICS},
             }
         },
     ]
-    s = q.summarize(runs)
+    s = metrics.summarize(runs)
     assert s["recgen"]["ndcg@10"]["mean"] == pytest.approx(0.31)
     assert s["recgen"]["ndcg@10"]["sd"] == pytest.approx(math.sqrt(2) * 0.01)
-    g = q.goal(s)
+    g = metrics.goal(s)
     assert g["target"] == "ease" and not g["met"] and g["gap"] == pytest.approx(-0.01)

@@ -10,12 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from recgen.config import WorkerConfig
 from recgen.worker.v1 import worker_pb2 as wpb
 from recgen.worker.v1 import worker_pb2_grpc
 from server.rank_batch import RankBatcher
 from server.workers import Worker
 from worker.metrics import Metrics
-from worker.model import LoadedModel, WorkerConfig
+from worker.model import LoadedModel
 from worker.service import WorkerService
 
 

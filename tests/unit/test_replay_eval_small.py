@@ -14,28 +14,21 @@ import pytest
 
 from export.data import CleaningReport, Dataset
 from recgen.repository import CatalogItem
-from server.state import Conflict, Event, StateStore
-from tools.replay_eval import (
+from server.state import Conflict, Event, open_store
+from tools.replay_eval.metrics import (
     ArmStats,
     MetricContext,
     bootstrap_lift,
-    by_user,
     hit_and_ndcg,
     intra_list_diversity,
     lift,
-    load_state,
     novelty,
-    past_dataset,
     popularity_share,
-    rfc3339,
-    sample_future,
-    summarize,
-    table,
-    time_split,
     unit_rows,
-    user_groups,
-    users_better,
 )
+from tools.replay_eval.report import summarize, table, users_better
+from tools.replay_eval.split import by_user, past_dataset, sample_future, time_split, user_groups
+from tools.replay_eval.state import load_state, rfc3339
 
 
 def toy(rows: list[tuple[str, int, float, float]], n_items: int = 6) -> Dataset:
@@ -202,7 +195,7 @@ def test_load_state_puts_the_past_under_real_and_static_ids(tmp_path: Path) -> N
     split = time_split(ds, 0.4)
     db = tmp_path / "state.db"
     assert load_state(db, ds, split.past) == 2 * len(split.past)
-    store = StateStore(db, synchronous="NORMAL")
+    store = open_store(db, synchronous="NORMAL")
     try:
         for uid in ("a", "static:a"):
             evs = store.recent_events_sync(uid, 200)

@@ -108,14 +108,15 @@ def test_large_catalog_gets_the_fastest_candidate_that_meets_recall_target() -> 
     exact = faiss.IndexFlatIP(16)
     exact.add(items)
     _, truth = exact.search(users, 100)
-    from export.index import mips_queries
+    from recgen.core.index_types import mips_queries
 
     _, got = index.search(mips_queries(users) if choice.kind == "hnsw" else users, 100)
     assert recall_at(got, truth) >= 0.95 and choice.recall_at_100 >= 0.95
 
 
 def test_hnsw_candidate_meets_recall_target() -> None:
-    from export.index import _hnsw_candidate, mips_queries
+    from export.index import _hnsw_candidate
+    from recgen.core.index_types import mips_queries
 
     items, users = clustered(20000, 16, 5), clustered(200, 16, 6)
     exact = faiss.IndexFlatIP(16)

@@ -1,5 +1,5 @@
 """Sharded catalogs: two real shard rankers (0/2 and 1/2) of the session's model version,
-merged by server/shards.py, give the items and scores of the one unsharded ranker, for warm
+merged by recgen/core/shard_merge.py, give the items and scores of the one unsharded ranker, for warm
 and cold users, category filters, context, dismissals, live appends and deletes, and similar
 items. Also: a shard's retrieval index of each exact kind equals exact search over its rows."""
 
@@ -11,12 +11,13 @@ import faiss
 import numpy as np
 import pytest
 
+from recgen.config import WorkerConfig
+from recgen.core.shard_merge import Candidate, ShardAnswer, merge
 from recgen.repository import CatalogItem
-from server.shards import Candidate, ShardAnswer, merge
 from worker.context import JobContext
 from worker.live_catalog import Change, LiveCatalog
 from worker.metrics import Metrics
-from worker.model import LoadedModel, WorkerConfig
+from worker.model import LoadedModel
 from worker.ranking import RankJob, RankResult
 from worker.retrieval import Retriever
 
@@ -28,9 +29,7 @@ def models(model_root: Path):
     """The unsharded model, then one per shard, all of the same version."""
     ms = [LoadedModel.load(model_root, None, WorkerConfig(threads=1), Metrics())]
     ms += [
-        LoadedModel.load(
-            model_root, None, WorkerConfig(threads=1, shard_index=i, shard_count=N_SHARDS), Metrics()
-        )
+        LoadedModel.load(model_root, None, WorkerConfig(threads=1, shard=(i, N_SHARDS)), Metrics())
         for i in range(N_SHARDS)
     ]
     yield ms

@@ -22,9 +22,9 @@ from server.state import (
     SQLiteStore,
     StateStore,
     StoreUnavailable,
+    is_postgres_url,
     open_store,
 )
-from server.state.base import backend_for
 from server.state.postgres import PostgresStore
 from tests.pg import PostgresServer
 
@@ -65,19 +65,20 @@ def set_read_only(store: StateStore, on: bool) -> None:
 
 def test_location_picks_the_backend(tmp_path: Path) -> None:
     for loc in (tmp_path / "a.db", str(tmp_path / "b.db")):
-        for s in (open_store(loc), StateStore(loc)):  # StateStore(...) as the SQLite-only callers call it
-            assert type(s) is SQLiteStore
-            s.close()
+        s = open_store(loc)
+        assert type(s) is SQLiteStore
+        s.close()
     for url in ("postgresql://u@db/recgen", "postgres://u@db/recgen", "postgresql:///recgen?host=/run/pg"):
-        assert backend_for(url) is PostgresStore
-    assert backend_for("postgresql.db") is SQLiteStore  # a file that merely starts like one
+        assert is_postgres_url(url)
+    assert not is_postgres_url("postgresql.db")  # a file that merely starts like one
 
 
 # ------------------------------------------------------------------ durability settings
 
 
 def test_wal_and_synchronous_full(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "s.db")
+    store = open_store(tmp_path / "s.db")
+    assert isinstance(store, SQLiteStore)
     assert store.pragma("journal_mode") == "wal"
     assert store._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # 2 = FULL
     store.close()
@@ -89,9 +90,6 @@ def test_postgres_commits_wait_for_the_wal_flush(postgres: PostgresServer) -> No
     assert isinstance(store, PostgresStore)
     assert store.setting("synchronous_commit") == "on"
     assert store.setting("transaction_isolation") == "read committed"
-    store.close()
-    store = StateStore(url)  # the SQLite-era constructor opens PostgreSQL for a URL
-    assert type(store) is PostgresStore
     store.close()
     relaxed = open_store(url, synchronous="NORMAL")
     assert isinstance(relaxed, PostgresStore)

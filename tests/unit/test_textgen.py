@@ -16,7 +16,8 @@ import pytest
 
 from recgen.core.grounding import GroundingChecker
 from recgen.core.prompt import MAX_HISTORY, build_prompt, build_user_message, shown
-from worker.llm.engine import Generator, LLMConfig
+from worker.llm.api import LLMConfig
+from worker.llm.engine import Generator
 from worker.llm.grounded import SafeText, TextDone, generate_grounded
 
 CATALOG = ["Star Wars (1977)", "Usual Suspects, The (1995)", "Fargo (1996)", "Heat (1995)"]
@@ -180,3 +181,10 @@ def test_build_prompt_wraps_the_message():
         output_names=(),
     )
     assert build_prompt(cfg, "hi") == "hi\n"
+
+
+def test_every_stop_reason_has_a_worker_proto_value():
+    from worker.llm.api import StopReason
+    from worker.service import _STOP
+
+    assert set(_STOP) == set(StopReason)

@@ -1,8 +1,10 @@
-"""The LLM engine: continuous batching over an exported ONNX decoder with KV cache.
+"""`Generator`: continuous batching over an exported ONNX decoder, run by one scheduler thread.
 
-One scheduler thread owns the running batch. Each iteration it
+The scheduler thread owns the running batch. Each iteration it
 
-1. drops rows that were cancelled or ran past their deadline,
+1. drops rows that were cancelled or ran past their deadline, and waiting
+   requests past their deadline (retirement: a request nobody waits for
+   costs no further prefill or decode step),
 2. admits waiting requests (worker/llm/schedule.py: FIFO, bounded by
    sequences and KV tokens, up to a prefill token budget in calls of bounded
    size) and prefills them call by call; each call's first tokens are sampled
@@ -12,17 +14,16 @@ One scheduler thread owns the running batch. Each iteration it
    the rows that hit an eos token or max_new_tokens.
 
 A row's prompt is prefilled exactly once; it never waits for the batch to
-drain. The forward passes are worker/llm/session.py, the per-row arrays
-worker/llm/batch.py, token choice worker/llm/sampling.py, event delivery
-worker/llm/events.py, dropping cancelled and expired requests
-worker/llm/retire.py, the counters behind `stats()` worker/llm/stats.py.
+drain. Events (`TextPiece`, then one `Finished` with a `StopReason`) are
+gathered in an `Outbox` (worker/llm/outbox.py) during a step and delivered to each submitter's
+asyncio loop with one `call_soon_threadsafe` after every prefill call and
+decode step. `StatsRecorder` (worker/llm/stats.py) keeps the counters behind `stats()`. Greedy by
+default; temperature / top-p sampling with a per-request seeded generator.
 
-Text is streamed per request as `TextPiece` events and one final `Finished`
-event (reason eos | length | deadline | cancelled | error), delivered to the
-submitter's asyncio loop with `call_soon_threadsafe`. Greedy by default;
-temperature / top-p sampling with a per-request seeded numpy generator.
-
-This module does not build prompts and does not check grounding.
+The forward passes are worker/llm/session.py, the per-row arrays and KV cache
+worker/llm/batch.py, token choice and detokenization worker/llm/decoding.py,
+the public types worker/llm/api.py. This module does not build prompts and
+does not check grounding (worker/llm/grounded.py).
 """
 
 from __future__ import annotations
@@ -39,46 +40,23 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from worker.llm.batch import GeneratorStats, Request, RunningBatch
-from worker.llm.detok import IncrementalDecoder
-from worker.llm.events import Outbox
-from worker.llm.retire import expire_waiting, retire
-from worker.llm.sampling import choose
-from worker.llm.schedule import PrefillPolicy
-from worker.llm.session import DecoderSession, make_session
-from worker.llm.stats import StatsRecorder
-from worker.llm.stream import (
-    LLM_FORMAT,
-    MAX_UNREAD_EVENTS,
-    Event,
-    Finished,
+from recgen.config import WorkerConfig
+from recgen.core.formats import LLM_MODEL_FILE, LLM_TOKENIZER_FILE
+from worker.llm.api import (
     GenerationHandle,
     GeneratorClosed,
+    GeneratorStats,
     LLMConfig,
     QueueFull,
     StopReason,
-    TextPiece,
+    deliver,
 )
-from worker.llm.stream import deliver as _deliver
-
-# The engine's public types live in worker/llm/stream.py (and llm_batch.py);
-# importing them from here keeps working.
-__all__ = [
-    "LLM_FORMAT",
-    "MAX_UNREAD_EVENTS",
-    "Event",
-    "Finished",
-    "GenerationHandle",
-    "Generator",
-    "GeneratorClosed",
-    "LLMConfig",
-    "QueueFull",
-    "StopReason",
-    "TextPiece",
-    "GeneratorStats",
-    "PrefillPolicy",
-    "make_session",
-]
+from worker.llm.batch import Request, RunningBatch
+from worker.llm.decoding import IncrementalDecoder, choose
+from worker.llm.outbox import Items, Outbox
+from worker.llm.schedule import PrefillPolicy
+from worker.llm.session import DecoderSession, make_session
+from worker.llm.stats import StatsRecorder
 
 LOG = logging.getLogger(__name__)
 
@@ -107,11 +85,11 @@ class Generator:
         *,
         threads: int,
         providers: Sequence[str] = ("CPUExecutionProvider",),
-        max_seqs: int = 32,
+        max_seqs: int = WorkerConfig.max_seqs,
         max_batch_tokens: int = 4096,
         max_prefill_tokens: int = 512,
         prefill_budget: int | None = None,
-        max_queue: int = 256,
+        max_queue: int = WorkerConfig.max_queue,
         allow_spinning: bool = True,
         last_logits: bool = True,
         cache_prefix: bool | None = None,
@@ -119,9 +97,9 @@ class Generator:
         assert threads >= 1 and max_seqs >= 1 and max_queue >= 0, (threads, max_seqs, max_queue)
         llm_dir = Path(llm_dir)
         self.config = LLMConfig.load(llm_dir)
-        self.tokenizer = Tokenizer.from_file(str(llm_dir / "tokenizer.json"))
+        self.tokenizer = Tokenizer.from_file(str(llm_dir / LLM_TOKENIZER_FILE))
         self.session = make_session(
-            llm_dir / "model.onnx", threads=threads, providers=providers, allow_spinning=allow_spinning
+            llm_dir / LLM_MODEL_FILE, threads=threads, providers=providers, allow_spinning=allow_spinning
         )
         self.model = DecoderSession(self.session, self.config, last_logits=last_logits)
         # Exact only without dynamic quantization: int8 MatMuls scale each call's
@@ -222,7 +200,7 @@ class Generator:
                 raise GeneratorClosed("generator is not running")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests already waiting")
-            handle = GenerationHandle(self, self._next_id, len(ids), max_new_tokens, loop)
+            handle = GenerationHandle(self._next_id, len(ids), max_new_tokens, loop, self._cancel)
             self._next_id += 1
             self._waiting.append(
                 Request(
@@ -269,16 +247,16 @@ class Generator:
 
     def _cancel(self, handle: GenerationHandle) -> None:
         with self._cv:
-            if handle.finished is not None or handle._cancel_requested:
+            if handle.finished is not None or handle.cancel_requested:
                 return
-            handle._cancel_requested = True
+            handle.cancel_requested = True
             for req in self._waiting:
                 if req.handle is handle:  # never started: finish it here
                     self._waiting.remove(req)
-                    events: list[tuple[GenerationHandle, Event]] = []
-                    self._outbox.finish(req, "cancelled", into=events)
+                    events: Items = []
+                    self._outbox.finish(req, StopReason.CANCELLED, into=events)
                     with contextlib.suppress(RuntimeError):  # the submitter's loop is closed
-                        handle._loop.call_soon_threadsafe(_deliver, events)
+                        handle.loop.call_soon_threadsafe(deliver, events)
                     return
             self._cancels.add(handle.request_id)
             self._cv.notify()
@@ -310,30 +288,44 @@ class Generator:
                     (self._batch.size if self._batch else 0) + len(pending),
                 )
                 for req in (self._batch.reqs if self._batch else []) + pending:
-                    self._outbox.finish(req, "error", error=f"{type(exc).__name__}: {exc}")
+                    self._outbox.finish(req, StopReason.ERROR, error=f"{type(exc).__name__}: {exc}")
                 self._batch = None
             self._flush()
         with self._cv:
             for req in (self._batch.reqs if self._batch else []) + list(self._waiting):
-                self._outbox.finish(req, "cancelled")
+                self._outbox.finish(req, StopReason.CANCELLED)
             self._batch = None
             self._waiting.clear()
             self._flush_locked()
         LOG.info("llm scheduler stopped")
 
     def _admit(self, now: float) -> list[list[Request]]:
-        """Pop the waiting requests to prefill now, grouped into calls (llm_schedule.py). Holds _cv."""
+        """Finish the waiting requests past their deadline, then pop the ones to
+        prefill now, grouped into calls (worker/llm/schedule.py). Holds _cv."""
         if not self._waiting:
             return []
-        expire_waiting(self._waiting, now, self._outbox)
+        for r in [r for r in self._waiting if r.deadline <= now]:
+            self._waiting.remove(r)
+            self._outbox.finish(r, StopReason.DEADLINE)
         b = self._batch
         return self.policy.admit(
             self._waiting, b.size if b is not None else 0, int(b.need.max()) if b is not None else 0
         )
 
     def _retire(self, cancels: set[int], now: float) -> None:
-        """Drop cancelled and expired rows before they cost another step (llm_retire.py)."""
-        self._batch = retire(self._batch, cancels, now, self._outbox)
+        """Drop cancelled and expired rows before they cost another step."""
+        b = self._batch
+        if b is None:
+            return
+        gone = b.deadlines <= now
+        cancelled = np.zeros_like(gone)
+        if cancels:
+            cancelled = np.isin(b.ids, np.fromiter(cancels, dtype=np.int64, count=len(cancels)))
+            gone |= cancelled
+        for row in np.flatnonzero(gone).tolist():
+            reason = StopReason.CANCELLED if cancelled[row] else StopReason.DEADLINE
+            self._outbox.finish(b.reqs[row], reason, steps=int(b.steps[row]))
+        self._batch = b.without(gone)
 
     def _prefill(self, group: list[Request]) -> None:
         logits, kv, padded, reused = self.model.prefill([r.prompt for r in group])  # (n, V)
@@ -377,12 +369,10 @@ class Generator:
                 if piece:
                     self._outbox.text(req.handle, piece)
             if done[row]:
-                self._outbox.finish(req, "eos" if eos[row] else "length", steps=int(b.steps[row]))
+                reason = StopReason.EOS if eos[row] else StopReason.LENGTH
+                self._outbox.finish(req, reason, steps=int(b.steps[row]))
         b.next_tokens = tokens
-        if not done.any():
-            return b
-        keep = np.flatnonzero(~done)
-        return b.select(keep) if keep.size else None
+        return b.without(done)
 
     def _flush(self) -> None:
         with self._cv:

@@ -4,7 +4,7 @@
 through a `StreamGuard` and yields the text that is safe to show. The first
 mention of an item outside `allowed` cancels the generation at once (the
 sequence leaves the batch before the next decode step) and ends the stream
-with stop_reason "ungrounded"; nothing after the last clean boundary before
+with `StopReason.UNGROUNDED`; nothing after the last clean boundary before
 that mention is ever yielded.
 
 This module builds no prompts and picks no items: the caller says what is
@@ -16,14 +16,13 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from recgen.core.grounding import GroundingChecker, Mention, StreamGuard
-from worker.llm.engine import Finished, Generator, TextPiece
+from worker.llm.api import Finished, StopReason, TextPiece
+from worker.llm.engine import Generator
 
 LOG = logging.getLogger(__name__)
-
-TextStopReason = Literal["eos", "length", "deadline", "ungrounded", "cancelled", "error"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class SafeText:
 class TextDone:
     """The last event. text: everything shown (all SafeText pieces joined)."""
 
-    stop_reason: TextStopReason
+    stop_reason: StopReason
     reason: str
     text: str
     tokens: int
@@ -47,10 +46,10 @@ class TextDone:
 TextEvent = SafeText | TextDone
 
 _REASONS = {
-    "eos": "the model ended its text",
-    "length": "max_new_tokens reached",
-    "deadline": "the deadline passed",
-    "cancelled": "cancelled",
+    StopReason.EOS: "the model ended its text",
+    StopReason.LENGTH: "max_new_tokens reached",
+    StopReason.DEADLINE: "the deadline passed",
+    StopReason.CANCELLED: "cancelled",
 }
 
 
@@ -95,7 +94,7 @@ async def generate_grounded(
                 if guard.violation is not None:
                     yield _ungrounded(guard, event.tokens)
                     return
-                reason = event.error if event.reason == "error" else _REASONS[event.reason]
+                reason = event.error if event.reason == StopReason.ERROR else _REASONS[event.reason]
                 if handle.slow_reader:
                     reason = "the reader fell behind the text; generation stopped"
                 yield TextDone(event.reason, reason or "error", guard.released_text, event.tokens)
@@ -110,7 +109,7 @@ def _ungrounded(guard: StreamGuard, tokens: int) -> TextDone:
     assert bad is not None
     LOG.info("ungrounded text stopped: %r names item %d, not in the prompt", bad.matched, bad.item_index)
     return TextDone(
-        "ungrounded",
+        StopReason.UNGROUNDED,
         f"the text names {bad.matched!r} (item {bad.item_index}), which was not in the prompt",
         guard.released_text,
         tokens,

@@ -33,7 +33,7 @@ from worker.llm.batch import Request
 
 @dataclass(frozen=True)
 class PrefillPolicy:
-    max_seqs: int = 32  # rows in the running batch
+    max_seqs: int  # rows in the running batch (WorkerConfig.max_seqs: the one default)
     max_batch_tokens: int = 4096  # KV budget: rows × the widest (prompt + max_new_tokens)
     max_prefill_tokens: int = 512  # padded prompt tokens per prefill call
     prefill_budget: int = 512  # padded prompt tokens prefilled between two decode steps

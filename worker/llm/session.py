@@ -13,7 +13,7 @@ the rest, on top of that cached past: the cache row then reads [prefix,
 padding, prompt rest], padding masked out, position ids counted over real
 tokens only, so each row sees exactly the tensors it would see alone.
 
-Graphs exported with a `logits_to_keep` input (export/llm/logits.py, named in
+Graphs exported with a `logits_to_keep` input (export/llm/graph.py, named in
 llm.json) are fed 1 in prefill, so the LM head runs on the last position only;
 older graphs have no such input and return every position's logits, of which
 only the last column is read: both give the same tokens.
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from worker.llm.kv_cache import KVCache, left_pad, position_ids
-from worker.llm.stream import LLMConfig
+from worker.llm.api import LLMConfig
+from worker.llm.batch import KVCache, left_pad, position_ids
 
 LOG = logging.getLogger(__name__)
 

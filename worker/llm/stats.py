@@ -1,11 +1,8 @@
 """The engine's counters: what the scheduler did, for `Generator.stats()` and `recent_steps()`.
 
-`StatsRecorder` counts prefill calls, decode steps and tokens, keeps the
-recent times to first token and gaps between tokens (`Recent`), and the
-request ids of each recent decode step. The scheduler thread writes it
-(submitters count their request under the generator's lock) and `stats()`
-reads it without stopping the scheduler. It does not count how requests finished (worker/llm/events.py
-does) and decides nothing about what runs.
+Prefill calls, decode steps and tokens, and the recent times to first token
+and between tokens (ring buffers, so memory stays fixed however long a
+worker runs). How requests ended is counted by the Outbox.
 """
 
 from __future__ import annotations
@@ -14,10 +11,19 @@ from collections import deque
 
 import numpy as np
 
-from worker.llm.batch import RECENT, GeneratorStats, Recent, RunningBatch
+from worker.llm.api import GeneratorStats
+from worker.llm.batch import RunningBatch
+
+RECENT = 4096  # latency samples and step records kept for stats
 
 
 class StatsRecorder:
+    """The counters behind `stats()` and `recent_steps()`; how requests ended is the Outbox's.
+
+    The scheduler thread writes it (submitters count their request under the
+    generator's lock); `stats()` reads it without stopping the scheduler.
+    """
+
     def __init__(self) -> None:
         self._n = dict(
             decode_steps=0,
@@ -54,7 +60,7 @@ class StatsRecorder:
     def sampled(
         self, b: RunningBatch, eos: np.ndarray, first: np.ndarray, gaps: np.ndarray, now: float
     ) -> None:
-        """One token per row of `b`; eos, first, gaps: (B,) as the scheduler's _accept computes them."""
+        """One token per row of `b`; eos, first, gaps: (B,) as `Generator._accept` computes them."""
         self._n["tokens_generated"] += int(b.size - eos.sum())
         if first.any():
             self._ttft.add(now - b.submitted_at[first])
@@ -73,3 +79,23 @@ class StatsRecorder:
 
     def recent_steps(self) -> list[tuple[int, ...]]:
         return list(self._steps)
+
+
+class Recent:
+    """The last `capacity` float samples (a ring buffer)."""
+
+    def __init__(self, capacity: int = RECENT) -> None:
+        self._buf = np.zeros(capacity, dtype=np.float64)
+        self._n = 0
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64).ravel()[-len(self._buf) :]
+        idx = (self._n + np.arange(len(values))) % len(self._buf)
+        self._buf[idx] = values
+        self._n += len(values)
+
+    def values(self) -> list[float]:
+        if self._n <= len(self._buf):
+            return self._buf[: self._n].tolist()
+        cut = self._n % len(self._buf)
+        return np.concatenate([self._buf[cut:], self._buf[:cut]]).tolist()

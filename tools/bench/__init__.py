@@ -1,0 +1,29 @@
+"""`make bench`: recgen's performance, each number next to its baseline measured in the same run.
+
+    python -m tools.bench [--quick] [--models models] [--out docs/bench.json] [--plot docs/bench.png]
+
+What it measures (docs/bench.md explains every number):
+
+1. Generation through the public gRPC API (StreamRecommend, the real server
+   `recgen serve`, real users' prompts): model-written tokens/s and time to
+   the first model-written text at concurrency 1, 8, 32, against the same
+   prompts decoded one request at a time by (a) transformers `generate` in
+   PyTorch fp32 and (b) the served ONNX model without batching
+   (`Generator.generate_alone`), same max new tokens, same thread count.
+2. Recommend (explain=false) throughput at saturation and latency at half
+   that load, against the empty Python gRPC echo server (tools.echo_server),
+   with the same load generator (tools.loadtest) in its own process.
+3. Retrieval at 100K and 1M items of a synthetic catalog fitted with iALS
+   (tools.synthetic_catalog): recall@100 and queries/s of the index
+   `export.index.build_index` chooses against exact search.
+4. Memory: resident memory of the real worker processes, and of a process
+   holding a 100K / 1M catalog's factors and index.
+
+The server, the load generators and the baselines each run in their own
+process; this one orchestrates, reads /proc and writes the JSON and the
+plot. Thread counts are set explicitly everywhere. The full run takes about
+15-25 minutes on 2 cores; --quick (100K catalog only, shorter loads) a few.
+
+Modules: plan (sizes, subprocess environment), machine, server_phase, baselines, retrieval
+(the phases), summary (ratios against the baselines), plot, runner (the command line).
+"""

@@ -1,0 +1,5 @@
+import sys
+
+from tools.loadtest.cli import main
+
+sys.exit(main())
