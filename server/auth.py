@@ -6,9 +6,10 @@ arrive in call metadata as `authorization: Bearer TOKEN`. A serving token may
 call Recommend, StreamRecommend, SendFeedback, SimilarItems; admin methods
 (ForgetUser, UpsertItems, DeleteItems, ImportEvents) need an admin token, which may call
 everything. No token or an unknown one: UNAUTHENTICATED; a serving token on
-an admin method: PERMISSION_DENIED. Health checking stays open (load
-balancers and Kubernetes probes carry no tokens). Tokens are compared in
-constant time and never logged.
+an admin method: PERMISSION_DENIED. The services named open (by default health
+checking, which load balancers and Kubernetes probes call without tokens, and
+server reflection, which grpcurl and buf curl call before anything else) take
+calls without a token. Tokens are compared in constant time and never logged.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ ADMIN_METHODS = frozenset(
         "/recgen.v1.Recommender/ImportEvents",
     }
 )
-OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
+HEALTH_SERVICE = "grpc.health.v1.Health"
 
 
 class TokenFileError(ValueError):
@@ -79,8 +80,11 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, tokens: dict[str, str]) -> None:
+    """`tokens`: token -> role (`load_tokens`); `open_services`: full service names callable without one."""
+
+    def __init__(self, tokens: dict[str, str], open_services: tuple[str, ...] = (HEALTH_SERVICE,)) -> None:
         self._tokens = list(tokens.items())
+        self._open = tuple(f"/{name}/" for name in open_services)
 
     def _role(self, presented: str) -> str | None:
         role = None
@@ -96,7 +100,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method
-        if handler is None or method.startswith(OPEN_PREFIXES):
+        if handler is None or method.startswith(self._open):
             return handler
         auth = dict(details.invocation_metadata or ()).get("authorization", "")
         presented = auth[7:] if auth.lower().startswith("bearer ") else ""

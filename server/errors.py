@@ -5,7 +5,10 @@ bad input → INVALID_ARGUMENT, unknown item → NOT_FOUND, idempotency
 conflict → ALREADY_EXISTS, overload → RESOURCE_EXHAUSTED, no worker or a
 store that cannot write → UNAVAILABLE. Status codes a worker returned pass
 through unchanged. Anything else is a bug: INTERNAL, logged with its trace.
-Every call of the public service is counted by method and status.
+Every call of the public service is counted by method and status. An
+InvalidArgument that names its field also carries a google.rpc.BadRequest
+(grpc-status-details-bin: the field's path and the message), for clients that
+read error details.
 
 Request bytes that do not decode (corrupt wire format, bad UTF-8 in a string
 field) never reach a servicer: grpc.aio would answer UNKNOWN and log a
@@ -26,6 +29,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from recgen.v1 import recommender_pb2
 from server.metrics import GatewayMetrics
@@ -56,6 +62,17 @@ _TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
+def bad_request(e: InvalidArgument) -> tuple[tuple[str, bytes], ...]:
+    """Trailing metadata carrying a google.rpc.Status with e's BadRequest (none when e names no field)."""
+    if not e.field:
+        return ()
+    violation = error_details_pb2.BadRequest.FieldViolation(field=e.field, description=str(e))
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(e), details=[detail])
+    return tuple(rpc_status.to_status(status).trailing_metadata)
+
+
 @contextlib.asynccontextmanager
 async def _status(
     context: grpc.aio.ServicerContext, method: str, metrics: GatewayMetrics | None
@@ -83,7 +100,8 @@ async def _status(
         if code == grpc.StatusCode.INTERNAL:
             LOG.exception("%s failed", method)
             await context.abort(code, f"internal error in {method}")
-        await context.abort(code, str(e))
+        details = bad_request(e) if isinstance(e, InvalidArgument) else ()
+        await context.abort(code, str(e), details)
     finally:
         if metrics is not None:
             metrics.observe_request(method, code, time.perf_counter() - t0)

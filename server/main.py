@@ -1,9 +1,11 @@
 """`recgen serve`: start workers, then the public gRPC server; drain on SIGTERM.
 
 Order matters: worker processes are spawned (fork + exec) before the
-gateway's own gRPC server exists. SIGTERM drains: health turns NOT_SERVING,
-new requests are refused, in-flight ones finish within the grace period,
-workers are stopped, and the process exits 0.
+gateway's own gRPC server exists. While serving, health (server/health.py)
+says SERVING only while every shard has a healthy worker and the state store
+can write. SIGTERM drains: health turns NOT_SERVING, new requests are refused,
+in-flight ones finish within the grace period, workers are stopped, and the
+process exits 0.
 """
 
 from __future__ import annotations
@@ -15,25 +17,27 @@ import signal
 from dataclasses import dataclass, replace
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2_grpc
 
 from recgen.config import ConfigError, ServeConfig
 from recgen.promotion import pin
 from recgen.repository import ModelRepository
 from recgen.tls import server_credentials
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
-from server.auth import AuthInterceptor, load_tokens
+from server.auth import HEALTH_SERVICE, AuthInterceptor, load_tokens
 from server.catalog import CatalogSync
 from server.discovery import parse_worker_addresses
 from server.errors import ErrorStatus
 from server.feedback import HISTORY_CAP
+from server.health import GatewayHealth, HealthServicer
 from server.metrics import GatewayMetrics
 from server.metrics import render as render_metrics
 from server.metrics_http import start_metrics_server
 from server.privacy import UserIdPolicy
 from server.rank_batch import RankBatcher
 from server.ratelimit import RateLimiter
+from server.reflection import SERVICES as REFLECTION_SERVICES
+from server.reflection import enable_reflection
 from server.service import RecommenderService
 from server.state import SQLiteStore, StateStore, open_store
 from server.user_state_cache import UserStateCache
@@ -49,7 +53,7 @@ MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any valid request
 class Gateway:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: GatewayHealth
     pool: WorkerPool
     store: StateStore
     service: RecommenderService
@@ -80,6 +84,17 @@ def user_state_cache(cfg: ServeConfig, store: StateStore) -> UserStateCache | No
     if cfg.user_cache <= 0 or not isinstance(store, SQLiteStore):
         return None
     return UserStateCache(cfg.user_cache, HISTORY_CAP)
+
+
+def auth_interceptors(cfg: ServeConfig) -> list[grpc.aio.ServerInterceptor]:
+    """Token auth when --auth-tokens is given; health and reflection stay open unless
+    --auth-health / --auth-reflection."""
+    if not cfg.auth_tokens:
+        return []
+    open_services = (() if cfg.auth_health else (HEALTH_SERVICE,)) + (
+        () if cfg.auth_reflection else REFLECTION_SERVICES
+    )
+    return [AuthInterceptor(load_tokens(cfg.auth_tokens), open_services)]
 
 
 def _check_worker_addresses(cfg: ServeConfig) -> None:
@@ -129,9 +144,7 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
         user_cache=user_state_cache(cfg, store),
         rank_batcher=RankBatcher(max_in_flight=cfg.rank_batch) if cfg.rank_batch > 0 else None,
     )
-    interceptors: list[grpc.aio.ServerInterceptor] = (
-        [AuthInterceptor(load_tokens(cfg.auth_tokens))] if cfg.auth_tokens else []
-    )
+    interceptors = auth_interceptors(cfg)
     # After auth: a caller without a token gets UNAUTHENTICATED and its bytes are
     # never parsed. Then the one place exceptions become statuses (undecodable requests
     # INVALID_ARGUMENT, not UNKNOWN), counted by method and status.
@@ -145,12 +158,10 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
         ],
     )
     recommender_pb2_grpc.add_RecommenderServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    gateway_health = GatewayHealth(health_servicer, pool, store, ("", SERVICE_NAME))
+    enable_reflection(server, (SERVICE_NAME, HEALTH_SERVICE))
     address = f"{cfg.host}:{cfg.port}"
     if cfg.tls_cert and cfg.tls_key:
         creds = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
@@ -160,8 +171,7 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await gateway_health.update()  # SERVING: every worker is in rotation, the store just wrote its schema
     metrics_server = None
     if cfg.metrics_port is not None:
 
@@ -172,7 +182,7 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
         metrics_server = await start_metrics_server(cfg.host, cfg.metrics_port, render)
         mport = metrics_server.sockets[0].getsockname()[1]
         print(f"recgen: metrics on http://{cfg.host}:{mport}/metrics", flush=True)
-    return Gateway(server, port, health_servicer, pool, store, service, metrics_server)
+    return Gateway(server, port, gateway_health, pool, store, service, metrics_server)
 
 
 async def _flush_impressions(store: StateStore, stop: asyncio.Event) -> None:
@@ -193,12 +203,13 @@ async def serve(cfg: ServeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     flusher = asyncio.create_task(_flush_impressions(gw.store, stop))
+    health_watch = asyncio.create_task(gw.health.run(stop))
     catalog_poll = asyncio.create_task(gw.service.live_catalog.run(stop)) if gw.service.live_catalog else None
     await stop.wait()
 
     LOG.info("draining (grace %.1f s)", cfg.grace)
-    for name in ("", SERVICE_NAME):
-        await gw.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_watch
+    await gw.health.drain()
     await gw.server.stop(grace=cfg.grace)  # refuses new calls, lets in-flight ones finish
     await flusher
     if catalog_poll is not None:

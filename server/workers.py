@@ -378,6 +378,11 @@ class WorkerPool:
             LOG.warning("worker %s unreachable: out of rotation", w.name)
         w.healthy = False
 
+    def unserved_shards(self) -> list[int]:
+        """Catalog shards with no healthy worker in rotation: requests fail now (the health signal)."""
+        served = {w.shard for w in self.workers if w.healthy}
+        return [s for s in range(self.shards) if s not in served]
+
     @property
     def healthy_count(self) -> int:
         return sum(w.healthy for w in self.workers)

@@ -80,6 +80,12 @@ class ServeConfig:
     auth_tokens: str | None = setting(
         None, help="file of 'ROLE TOKEN' lines (ROLE: serve|admin); enables token auth"
     )
+    # Open by default: probes and load balancers carry no tokens, and grpcurl / buf curl ask
+    # reflection before anything else (it shows the public .proto, nothing of the data).
+    auth_health: bool = setting(False, help="with --auth-tokens, grpc.health.v1 needs a token too")
+    auth_reflection: bool = setting(
+        False, help="with --auth-tokens, server reflection (v1 and v1alpha) needs a token too"
+    )
     feedback_rate: float = setting(50.0, help="SendFeedback events per second per user (0: no limit)")
     feedback_burst: float = setting(200.0)
     metrics_port: int | None = setting(
@@ -113,6 +119,8 @@ class ServeConfig:
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("--tls-client-ca needs --tls-cert/--tls-key")
+        if (self.auth_health or self.auth_reflection) and not self.auth_tokens:
+            raise ConfigError("--auth-health and --auth-reflection need --auth-tokens")
         if bool(self.worker_tls_cert) != bool(self.worker_tls_key):
             raise ConfigError("--worker-tls-cert and --worker-tls-key go together")
         if self.worker_tls_cert and not self.worker_tls_ca:

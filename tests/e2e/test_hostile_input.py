@@ -59,7 +59,9 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
@@ -898,6 +900,59 @@ def test_message_just_over_the_limit(stub) -> None:
     assert req.ByteSize() > MAX_MESSAGE_BYTES
     code, details, _ = _call(lambda: stub.Recommend(req, timeout=30))
     assert code == Code.RESOURCE_EXHAUSTED, f"{code.name}: {details}"
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda s: s.Recommend(pb.RecommendRequest(user_id=""), timeout=10), "user_id"),
+        (lambda s: s.Recommend(pb.RecommendRequest(user_id="u", k=101), timeout=10), "k"),
+        (
+            lambda s: s.Recommend(
+                pb.RecommendRequest(user_id="u", exclude_item_ids=["1", "\x00"]), timeout=10
+            ),
+            "exclude_item_ids[1]",
+        ),
+        (
+            lambda s: s.Recommend(
+                pb.RecommendRequest(user_id="u", context=pb.Context(local_time="yesterday")), timeout=10
+            ),
+            "context.local_time",
+        ),
+        (
+            lambda s: list(
+                s.StreamRecommend(
+                    pb.StreamRecommendRequest(request=pb.RecommendRequest(user_id="")), timeout=10
+                )
+            ),
+            "user_id",
+        ),
+        (
+            lambda s: s.SendFeedback(
+                pb.SendFeedbackRequest(
+                    event_id="e", user_id="u", item_id="1", type=pb.FEEDBACK_TYPE_RATE, value=9
+                ),
+                timeout=10,
+            ),
+            "value",
+        ),
+        (lambda s: s.SimilarItems(pb.SimilarItemsRequest(item_id="1", k=-1), timeout=10), "k"),
+    ],
+)
+def test_field_errors_carry_bad_request_details(stub, call: Callable[[Any], Any], field: str) -> None:
+    """INVALID_ARGUMENT for a field: the message names it, and google.rpc.BadRequest details
+    (grpc-status-details-bin) carry its path for clients that read them."""
+    with pytest.raises(grpc.RpcError) as e:
+        call(stub)
+    assert e.value.code() == Code.INVALID_ARGUMENT
+    status = rpc_status.from_call(e.value)
+    assert status is not None and status.message == e.value.details()
+    (detail,) = status.details
+    bad = error_details_pb2.BadRequest()
+    assert detail.Unpack(bad)
+    (violation,) = bad.field_violations
+    assert violation.field == field and violation.description == e.value.details()
+    assert e.value.details().startswith(field)
 
 
 # ------------------------------------------------------------ afterwards

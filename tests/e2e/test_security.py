@@ -6,11 +6,13 @@ import signal
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
@@ -151,6 +153,63 @@ def test_mutual_tls_and_token_rights(model_root: Path, pki: Path, tmp_path: Path
         with grpc.insecure_channel(target) as ch:
             with pytest.raises(grpc.RpcError):
                 pbg.RecommenderStub(ch).Recommend(req, timeout=5)
+    finally:
+        if proc.stdout:
+            proc.stdout.close()
+        assert stop(proc, signal.SIGTERM) == 0
+
+
+def _reflection_v1(ch: grpc.Channel, metadata: list[tuple[str, str]] | None = None) -> list[str]:
+    """Service names from a raw grpc.reflection.v1 call (the same bytes as v1alpha's messages)."""
+    call = ch.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    (r,) = call(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10, metadata=metadata
+    )
+    return [s.name for s in r.list_services_response.service]
+
+
+@pytest.mark.parametrize("closed", [False, True], ids=["open-by-default", "auth-health-and-reflection"])
+def test_tokens_leave_health_and_reflection_open_unless_asked(
+    model_root: Path, tmp_path: Path, closed: bool
+) -> None:
+    """grpcurl and probes carry no token: with --auth-tokens, health (Check, List) and reflection
+    (v1, v1alpha) still answer them; --auth-health --auth-reflection close both too."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"serve {SERVE_TOKEN}\n")
+    extra = ("--auth-health", "--auth-reflection") if closed else ()
+    proc, port = start(model_root, tmp_path, "--auth-tokens", str(tokens), *extra)
+    serve = [("authorization", f"Bearer {SERVE_TOKEN}")]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            probes: list[Callable[[list[tuple[str, str]] | None], object]] = [
+                lambda md: health.Check(health_pb2.HealthCheckRequest(), timeout=10, metadata=md),
+                lambda md: health.List(health_pb2.HealthListRequest(), timeout=10, metadata=md),
+                lambda md: _reflection_v1(ch, md),
+                lambda md: list(
+                    reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                        iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
+                        timeout=10,
+                        metadata=md,
+                    )
+                ),
+            ]
+            for probe in probes:
+                probe(serve)  # a valid token always passes
+                if closed:
+                    with pytest.raises(grpc.RpcError) as e:
+                        probe(None)
+                    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                else:
+                    probe(None)
+            assert "recgen.v1.Recommender" in _reflection_v1(ch, serve)
+            with pytest.raises(grpc.RpcError) as e:  # the service itself stays closed either way
+                pbg.RecommenderStub(ch).Recommend(pb.RecommendRequest(user_id="anon", k=3), timeout=10)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
     finally:
         if proc.stdout:
             proc.stdout.close()
