@@ -97,6 +97,16 @@ QUALITY_ARGS ?=
 quality: install data
 	$(PY) -m tools.quality --out docs/quality.json --md docs/quality.md $(QUALITY_ARGS)
 
+# Explanation text quality (docs/text.md): the 100 fixed cases of tools/text_eval/cases.jsonl, ranked
+# and written in process by the version's own Ranker and Generator, per arm (baseline = today's prompt
+# and decoder, default = the served TextOptions()) and precision: COMPLETE, grounded, names / links a
+# recommended item, leaks, attribute claims, distinct-2, length, tokens/s at concurrency 1 and 32, TTFT.
+# Writes docs/text.json and docs/text.md. 3-7 min on 2 busy cores; TEXT_EVAL_ARGS=--quick: 20 cases, c1 and c8.
+TEXT_EVAL_ARGS ?=
+.PHONY: text-eval
+text-eval: install data $(MODELS)/.exported
+	$(PY) -m tools.text_eval --models $(MODELS) --json docs/text.json --md docs/text.md $(TEXT_EVAL_ARGS)
+
 # Chaos: SIGKILL/SIGSTOP a worker under load, deadlines, 5x overload, SIGKILL the gateway during
 # concurrent feedback; real `recgen serve` on 127.0.0.1, bounded (~2.5 min; CHAOS_ARGS=--quick).
 # Prints what was survived and lost; writes docs/chaos.json. See docs/operating.md.
@@ -138,6 +148,21 @@ clean: clean-stubs
 
 # Client stubs and example clients in other languages, buf lint / breaking.
 include clients/stubs.mk
+
+# The Python client package (clients/python/README.md): clients/python/build.py generates the
+# stubs into a staging copy of the package and builds its wheel into clients/python/dist
+# (git-ignored). The wheel needs only grpcio and protobuf. clients-python-test: the wheel in a fresh venv
+# against a real `recgen serve` (tests/e2e/test_python_client.py, also run by `make test`).
+.PHONY: clients-python-wheel clients-python-test clients-python-clean
+clients-python-wheel: install
+	$(PY) clients/python/build.py --dist clients/python/dist
+
+clients-python-test: install data
+	$(PY) -m pytest -q tests/e2e/test_python_client.py $(PYTEST_ARGS)
+
+clients-python-clean:
+	rm -rf clients/python/dist clients/python/src/recgen_client/_gen
+clean: clients-python-clean
 
 # Deployment files, checked offline (docs/deploy.md): every manifest in deploy/k8s/ against the
 # strict Kubernetes 1.32 schemas vendored in deploy/schemas/ (no kind skipped), the Dockerfiles

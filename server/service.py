@@ -204,8 +204,12 @@ class RecommenderService(pbg.RecommenderServicer):
             resp.text_status = _TEXT_STATUS[final.stop_reason]
         else:
             resp.text_status = pb.TEXT_STATUS_UNAVAILABLE
+        reasons = []
         if resp.text_status != pb.TEXT_STATUS_COMPLETE:
-            resp.text_reason = final.reason or pb.TextStatus.Name(resp.text_status)
+            reasons.append(final.reason or pb.TextStatus.Name(resp.text_status))
+        if final.notice:  # said even of a complete text, e.g. "answered in English: ..."
+            reasons.append(final.notice)
+        resp.text_reason = "; ".join(reasons)
 
     # ------------------------------------------------------------------ rpcs
 

@@ -148,6 +148,7 @@ class WorkerCalls:
             intent=p.req.context.intent,
             user_id=p.req.user_id,
             forgotten_at=p.forgotten_at,
+            locale=p.req.context.locale,  # the text's language, when the model writes it
         )
         try:
             w = self.pool.pick()

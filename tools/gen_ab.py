@@ -35,7 +35,6 @@ def run_arm(
     """One server from `root` on `models`: every level once."""
     from tokenizers import Tokenizer
 
-    from recgen.core.prompt import RESPONSE_PRIMER
     from recgen.repository import ModelRepository
     from tools.bench.server_phase import recgen_server
     from tools.gen_bench.streams import server_level, stats_delta, worker_stats
@@ -58,7 +57,6 @@ def run_arm(
                     duration=dur,
                     warmup=warm,
                     tokenizer=tok,
-                    primer=RESPONSE_PRIMER,
                 )
             )
             rep["workers"] = stats_delta(s0, asyncio.run(worker_stats(addrs)))["total"]

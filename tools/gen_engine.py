@@ -2,6 +2,7 @@
 
     python -m tools.gen_engine prefill --llm OLD/llm --llm NEW/llm      # prefill variants
     python -m tools.gen_engine policy --llm NEW/llm --policy 512,512 --policy 256,1024
+    python -m tools.gen_engine constraint --llm VERSION/llm    # grounded decoding on / off
 
 With 1 ONNX Runtime thread the model runs on the calling thread, so that
 thread's CPU time (`time.thread_time`) measures the model's work and is moved
@@ -17,6 +18,12 @@ admission policy (max_prefill_tokens, prefill_budget); the clock is the CPU
 time the scheduler thread spent in prefill and decode, and each request's
 time to its 1st and 4th token is read on it (the first visible text needs a
 few tokens: the grounding check holds back a title still being written).
+
+`constraint`: batches of N grounded texts (3 history + 3 recommended titles of
+the version's catalog.jsonl, `generate_grounded` with the check on) decoded
+with and without the TitleConstraint, arms interleaved in one run, the same
+Generator; tokens per CPU second of the scheduler thread (prefill, decode and
+token choice) and per wall second, re-chosen tokens, texts the check stopped.
 """
 
 from __future__ import annotations
@@ -176,18 +183,102 @@ def policy(
     return out
 
 
+async def _grounded_batch(
+    g: _ClockedGenerator, checker: Any, cases: list[tuple[str, set[int]]], constrained: bool
+) -> list[Any]:
+    from worker.llm.grounded import TextDone, generate_grounded
+
+    async def one(prompt: str, allowed: set[int]) -> Any:
+        async for ev in generate_grounded(
+            g, checker, prompt, allowed, primer=RESPONSE_PRIMER, max_new_tokens=32, constrained=constrained
+        ):
+            if isinstance(ev, TextDone):
+                return ev
+        raise AssertionError("no TextDone")
+
+    return await asyncio.gather(*(one(p, a) for p, a in cases))
+
+
+def constraint(llm_dir: Path, batch: int, reps: int) -> list[dict[str, Any]]:
+    from recgen.core.grounding import GroundingChecker
+    from recgen.core.prompt import build_user_message
+
+    titles = [json.loads(line)["title"] for line in (llm_dir.parent / "catalog.jsonl").open()]
+    checker = GroundingChecker(titles, boundary="word")
+    rng = np.random.default_rng(0)
+    seen: list[Any] = []  # every TitleConstraint submitted
+
+    class Gen(_ClockedGenerator):
+        def submit(self, prompt: str, **kw: Any) -> Any:
+            seen.append(kw.get("constraint"))
+            return super().submit(prompt, **kw)
+
+    g = Gen(llm_dir, threads=1, max_seqs=batch, allow_spinning=False)
+    g.clock, g.marks = 0.0, {}
+    arms = {False: [0, 0.0, 0.0, 0, 0], True: [0, 0.0, 0.0, 0, 0]}  # tokens, cpu s, wall s, texts, ungrounded
+    g.start()
+    try:
+        for rep in range(reps + 1):  # the first round warms up
+            rows = rng.choice(
+                len(titles), size=(batch, 6), replace=False if batch * 6 <= len(titles) else True
+            )
+            cases = [
+                (
+                    build_prompt(
+                        g.config,
+                        build_user_message([titles[i] for i in r[:3]], [titles[i] for i in r[3:]]),
+                        RESPONSE_PRIMER,
+                    ),
+                    set(r.tolist()),
+                )
+                for r in rows
+            ]
+            for on in (rep % 2 == 0, rep % 2 == 1):
+                c0, w0, s0 = g.clock, time.perf_counter(), g.stats().tokens_generated
+                done = asyncio.run(_grounded_batch(g, checker, cases, on))
+                if rep:
+                    a = arms[on]
+                    a[0] += g.stats().tokens_generated - s0
+                    a[1] += g.clock - c0
+                    a[2] += time.perf_counter() - w0
+                    a[3] += len(done)
+                    a[4] += sum(d.stop_reason == "ungrounded" for d in done)
+            if not rep:
+                seen.clear()  # count the measured rounds only
+    finally:
+        g.stop()
+    out = [
+        {
+            "constrained": on,
+            "batch": batch,
+            "texts": a[3],
+            "tokens": a[0],
+            "tokens_per_cpu_s": round(a[0] / a[1], 1),
+            "tokens_per_wall_s": round(a[0] / a[2], 1),
+            "ungrounded_texts": a[4],
+        }
+        for on, a in arms.items()
+    ]
+    out[1]["rejected_candidates"] = sum(c.repicks for c in seen if c is not None)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.gen_engine", description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=["prefill", "policy"])
+    p.add_argument("kind", choices=["prefill", "policy", "constraint"])
     p.add_argument("--llm", action="append", required=True, help="a model version's llm/ folder")
     p.add_argument("--reps", type=int, default=6, help="prefill: repetitions")
     p.add_argument("--policy", action="append", default=[], help="policy: MAX_PREFILL_TOKENS,BUDGET")
-    p.add_argument("--clients", type=int, default=16, help="policy: closed-loop clients")
+    p.add_argument("--clients", type=int, default=16, help="policy: closed-loop clients; constraint: batch")
     p.add_argument("--duration", type=float, default=25.0, help="policy: measured CPU seconds")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     if args.kind == "prefill":
         res = prefill([Path(d) for d in args.llm], args.reps)
+        for row in res:
+            print(json.dumps(row))
+    elif args.kind == "constraint":
+        res = constraint(Path(args.llm[0]), args.clients, args.reps)
         for row in res:
             print(json.dumps(row))
     else:

@@ -4,7 +4,8 @@ Thin by design (as text-generation-inference's server.py): requests become
 plain jobs, go through the batcher (ranking) or the generator (text), and
 come back as replies. Errors map to precise status codes here and nowhere
 else (`_STATUS`): QueueFull → RESOURCE_EXHAUSTED, DeadlineExpired →
-DEADLINE_EXCEEDED, CatalogGap → FAILED_PRECONDITION.
+DEADLINE_EXCEEDED, CatalogGap → FAILED_PRECONDITION. The text itself (prompt,
+generation, what may be shown) is worker/explain.py's.
 """
 
 from __future__ import annotations
@@ -25,9 +26,19 @@ from recgen.repository import CatalogItem
 from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker.batcher import Batcher, DeadlineExpired, QueueFull
 from worker.context import JobContext
+from worker.explain import (
+    SHOW_HISTORY,
+    NoItemToPresent,
+    NoLanguageModel,
+    PromptTooLong,
+    TextOptions,
+    explain,
+    plan_text,
+)
 from worker.live_catalog import CatalogGap, Change, LiveCatalog
 from worker.llm.api import QueueFull as GenerationQueueFull
 from worker.llm.api import StopReason
+from worker.llm.grounded import TextDone
 from worker.metrics import Metrics
 from worker.model import LoadedModel
 from worker.ranking import RankJob, RankResult
@@ -35,8 +46,6 @@ from worker.ranking import RankJob, RankResult
 LOG = logging.getLogger(__name__)
 
 MAX_K = 1000
-SHOW_HISTORY = 3  # history titles shown to the language model
-SHOW_RECOMMENDED = 3  # recommended titles shown to the language model
 
 # Every StopReason -> the worker proto's enum, which has no CANCELLED or ERROR:
 # a cancelled generation reads as DEADLINE, a failed one as UNSPECIFIED.
@@ -79,6 +88,9 @@ _STATUS: dict[type[Exception], grpc.StatusCode] = {
     GenerationQueueFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpired: grpc.StatusCode.DEADLINE_EXCEEDED,
     CatalogGap: grpc.StatusCode.FAILED_PRECONDITION,
+    NoLanguageModel: grpc.StatusCode.FAILED_PRECONDITION,
+    PromptTooLong: grpc.StatusCode.FAILED_PRECONDITION,
+    NoItemToPresent: grpc.StatusCode.INVALID_ARGUMENT,
 }
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 
@@ -206,51 +218,26 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[worker_pb2.GenerateResponse]:
-        from recgen.core.prompt import RESPONSE_PRIMER, build_prompt, build_user_message
-        from worker.llm.grounded import TextDone, generate_grounded
-
         m = self.model
         self.metrics.inc("generate_requests")
-        llm, checker = m.llm, m.checker
-        if llm is None or checker is None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"model version {m.name} has no language model"
-            )
-        assert llm is not None and checker is not None  # abort raised otherwise
-        recs = self._rows(list(request.recommended_item_ids), m)[:SHOW_RECOMMENDED]
         hist = self._rows(list(request.history_item_ids), m)
         if hist.size < SHOW_HISTORY:  # a training user: the newest items the version holds
             held = m.held_history(request.user_id, request.forgotten_at).rows
             hist = np.asarray(list(dict.fromkeys([*hist.tolist(), *held.tolist()])), dtype=np.int64)
-        hist = hist[:SHOW_HISTORY]
-        if recs.size == 0:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "recommended_item_ids has no item of this catalog"
-            )
-        titles = [it.title for it in m.catalog]
-        message = build_user_message([titles[r] for r in hist], [titles[r] for r in recs], request.intent)
-        prompt = build_prompt(m.llm_cfg, message, RESPONSE_PRIMER)
-        allowed = set(hist.tolist()) | set(recs.tolist())
-        max_new = request.max_new_tokens or self.cfg.max_new_tokens
-        max_new = min(max_new, 4 * self.cfg.max_new_tokens, llm.room_for(prompt))
-        if max_new < 1:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, "the prompt alone fills the language model's context"
-            )
+        max_new = min(request.max_new_tokens or self.cfg.max_new_tokens, 4 * self.cfg.max_new_tokens)
+        opts = TextOptions(
+            max_new_tokens=max_new,
+            temperature=request.temperature,
+            top_p=request.top_p or 1.0,
+            seed=request.seed,
+        )
         t0 = time.monotonic()
         t_first: float | None = None
         try:
-            async for ev in generate_grounded(
-                llm,
-                checker,
-                prompt,
-                allowed,
-                primer=RESPONSE_PRIMER,
-                max_new_tokens=max_new,
-                temperature=request.temperature,
-                top_p=request.top_p or 1.0,
-                seed=request.seed,
-                deadline=_deadline(context),
+            recs = self._rows(list(request.recommended_item_ids), m).tolist()
+            plan = plan_text(m, hist.tolist(), recs, request.intent, request.locale, opts)
+            async for ev in explain(
+                m, hist.tolist(), recs, opts=opts, deadline=_deadline(context), plan=plan
             ):
                 if isinstance(ev, TextDone):
                     if t_first is not None and ev.tokens > 1:
@@ -258,9 +245,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         self.metrics.observe("time_per_token_seconds", per_token)
                     # ev.text repeats the pieces already sent: the final carries none.
                     yield worker_pb2.GenerateResponse(
-                        finished=True,
-                        stop_reason=_STOP[ev.stop_reason],
-                        reason=ev.reason,
+                        finished=True, stop_reason=_STOP[ev.stop_reason], reason=ev.reason, notice=plan.notice
                     )
                     return
                 if ev.text:
@@ -268,8 +253,8 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                         t_first = time.monotonic()
                         self.metrics.observe("ttft_seconds", t_first - t0)
                     yield worker_pb2.GenerateResponse(text=ev.text)
-        except GenerationQueueFull as e:
-            await context.abort(_STATUS[GenerationQueueFull], str(e))
+        except (GenerationQueueFull, NoLanguageModel, PromptTooLong, NoItemToPresent) as e:
+            await context.abort(_STATUS[type(e)], str(e))
 
     async def Similar(
         self, request: worker_pb2.SimilarRequest, context: grpc.aio.ServicerContext

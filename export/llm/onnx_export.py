@@ -166,6 +166,7 @@ def export_llm(
     num_threads: int | None = None,
     int8_keep_fp32: float = DEFAULT_KEEP_FP32_FRACTION,
     extra_quality: Callable[[Path, str], dict[str, Any]] | None = None,
+    adapt: Callable[[Path, Path, str, str], tuple[Path, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Export a causal LM to `out_dir` (model.onnx, tokenizer.json, llm.json).
 
@@ -177,13 +178,16 @@ def export_llm(
     validate: let optimum compare ONNX and PyTorch outputs after export.
     int8_keep_fp32: the share of weight MatMuls int8 may keep in fp32, those whose
     calibration inputs have the worst outliers (see `export.llm.graph.quantize_int8`); 0 quantizes all.
+    adapt: (hf_dir, work dir, prompt prefix, prompt suffix) -> (adapted HF folder, record),
+    run on the loaded checkpoint before the ONNX export (the fine-tune of
+    export/llm/step.py); the record is llm.json's "finetune" (None without).
 
     Returns the content of llm.json: format, source, architecture, num_layers,
     num_kv_heads, head_dim, vocab_size, eos_token_ids, pad_token_id, bos_token_id,
     prompt_prefix, prompt_suffix, prompt_encoding_matches_transformers, precision,
     input_names, output_names, logits_to_keep_input (the optional input that limits
     the LM head to the last positions, export/llm/graph.py; None when the graph's
-    head could not be edited), quality (perplexity_fp32, perplexity_int8 or None,
+    head could not be edited), finetune, quality (perplexity_fp32, perplexity_int8 or None,
     top1_agreement_int8, ...; room for grounding metrics), quantization (None for
     fp32), timings_s.
     """
@@ -208,6 +212,10 @@ def export_llm(
             eos_ids = eos_token_ids(tokenizer, config, hf_dir)
             save_tokenizer_json(tokenizer, staging / LLM_TOKENIZER_FILE)
             prompt_ok = check_prompt_encoding(tokenizer, staging / LLM_TOKENIZER_FILE, prefix, suffix)
+        finetuned = None
+        if adapt is not None:
+            with stage("finetune"):
+                hf_dir, finetuned = adapt(hf_dir, work, prefix, suffix)
         with stage("export", f"({config.model_type}, {TASK})"):
             fp32 = _onnx_export(hf_dir, work / "onnx", validate)
             logits_to_keep = _limit_prefill_logits(fp32)
@@ -270,6 +278,8 @@ def export_llm(
             # The optional input that limits logits to the last positions (a
             # prefill reads only the last one); None: logits for every position.
             "logits_to_keep_input": logits_to_keep,
+            # What training adapted the source to this task (export/llm/finetune.py); None: zero-shot.
+            "finetune": finetuned,
             "quality": quality,
             "quantization": quantization,
             "timings_s": stage.timings,

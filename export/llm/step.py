@@ -25,6 +25,9 @@ LOG = logging.getLogger(__name__)
 
 QUALITY_TEXTS = 200
 GROUNDING_PROMPTS = 32
+# Share of Chinese fine-tuning examples (the outline's zh prompt). llm.json declares
+# "locales" only where a check showed coherent Chinese (docs/llm.md).
+FINETUNE_ZH_SHARE = 0.1
 
 
 def held_out_texts(ds: Dataset, n: int = QUALITY_TEXTS, seed: int = 0) -> list[str]:
@@ -44,6 +47,22 @@ def export_llm_for_catalog(
         LOG.info("grounding %s: %s", precision, res)
         return {f"{k}_{precision}": v for k, v in res.items()}
 
+    adapt = None
+    if opts.llm_finetune_steps > 0:
+
+        def adapt(hf_dir: Path, work: Path, prefix: str, suffix: str) -> tuple[Path, dict[str, Any]]:
+            # Examples from this catalog, in the prompt format of the model being exported.
+            from export.llm.examples import build_examples
+            from export.llm.finetune import FinetuneConfig, finetune
+
+            cfg = FinetuneConfig(steps=opts.llm_finetune_steps, seed=opts.seed)
+            llm_cfg = {"prompt_prefix": prefix, "prompt_suffix": suffix}
+            examples = build_examples(
+                ds.items, cfg.steps * cfg.batch_size, llm_cfg, opts.seed, zh_share=FINETUNE_ZH_SHARE
+            )
+            record = finetune(hf_dir, examples, work / "finetuned", cfg, progress=opts.progress)
+            return work / "finetuned", {**record, "zh_share": FINETUNE_ZH_SHARE}
+
     return export_llm(
         opts.llm,
         out_dir,
@@ -53,4 +72,5 @@ def export_llm_for_catalog(
         quality_texts=held_out_texts(ds),
         validate=opts.llm is None,
         extra_quality=grounding,
+        adapt=adapt,
     )

@@ -55,6 +55,12 @@ class ExportConfig:
         choices=("none", "int8"),
         help="LLM weight precision served (default int8; fp32 is measured too)",
     )
+    # LoRA on catalog-built explanation examples before the ONNX export (export/llm/finetune.py).
+    llm_finetune_steps: int = setting(
+        0,
+        help="fine-tune the LLM for this many steps (batch 4) on explanation texts built from the "
+        "catalog before exporting it; 0: zero-shot (see docs/llm.md for the cost)",
+    )
     factors: int | None = setting(None, help="MF factors (default: tuned)")
     iterations: int = setting(15)
     reg: float | None = setting(None, help="ALS L2 (default: tuned)")
@@ -116,6 +122,8 @@ class ExportConfig:
         self.validate()
 
     def validate(self) -> None:
+        if self.llm_finetune_steps < 0:
+            raise ConfigError("--llm-finetune-steps must be >= 0")
         if bool(self.interactions) != bool(self.items):
             raise ConfigError("--interactions and --items go together")
         if not self.factors_from:

@@ -172,6 +172,7 @@ class GroundingChecker:
         assert boundary in ("sentence", "word"), boundary
         self.boundary: Boundary = boundary
         self.n_items = len(titles)
+        self.titles = tuple(titles)  # catalog row -> title (worker/llm/constraint.py spells allowed ones)
         self._vocab: dict[str, int] = {}
         # Flat trie: edge key (node << 24 | token id) -> child node; node 0 is the root.
         self._edges: dict[int, int] = {}
@@ -250,6 +251,9 @@ class GroundingChecker:
             _Token(m.start(), m.end(), vocab.get(normalize_word(m.group()), -1))
             for m in TOKEN_RE.finditer(text, pos)
         ]
+
+    def scan(self, text: str, pos: int, *, final: bool) -> tuple[list[Mention], int]:
+        return self._scan(text, pos, final=final)  # public: a decoding constraint resumes like StreamGuard
 
     def _scan(self, text: str, pos: int, *, final: bool) -> tuple[list[Mention], int]:
         """Mentions from char `pos` on, and the position up to which they are settled.

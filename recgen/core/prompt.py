@@ -1,6 +1,7 @@
 """The LLM's prompt: one short instruction built from titles, in the model's chat format.
 
-`build_user_message` writes the user turn: what the user recently watched,
+`build_user_message` writes the plain user turn (style "plain": the
+baseline before the outline of recgen/core/explain_outline.py): what the user recently watched,
 the recommendations to present, and, if given, the user's own wish, quoted
 and marked as data. `build_prompt` wraps it in the exported model's prompt
 prefix / suffix (llm.json). `shown` says which items a message shows: the
@@ -27,6 +28,13 @@ MAX_INTENT_CHARS = 200
 # answers were refusals ("I'm sorry for any confusion ..."); with it none were,
 # and 92% of the texts were grounded (docs/llm.md).
 RESPONSE_PRIMER = "You will enjoy"
+# The plain message's instruction sentences (the style="plain" baseline; the default
+# is recgen/core/explain_outline.py). The negative one was measured to leak into
+# answers ("... but I will not suggest any other movie", docs/llm.md).
+PLAIN_INSTRUCTIONS = (
+    "In one sentence, tell me why the picked movies suit me.",
+    "Do not name any other movie.",
+)
 
 T = TypeVar("T")
 
@@ -47,7 +55,9 @@ def shown(
     return list(history[:max_history]), list(recommended[:max_recommended])
 
 
-def _clean(text: str, limit: int) -> str:
+def clean_text(text: str, limit: int) -> str:
+    """One line of at most `limit` characters, without control characters or angle
+    brackets: safe to put in a prompt."""
     text = _SPACES_RE.sub(" ", _UNSAFE_RE.sub(" ", text)).strip()
     return text[:limit].rstrip()
 
@@ -74,18 +84,18 @@ def build_user_message(
     hist, recs = shown(
         history_titles, recommended_titles, max_history=max_history, max_recommended=max_recommended
     )
-    hist = [_clean(display_title(t), 120) for t in hist]
-    recs = [_clean(display_title(t), 120) for t in recs]
+    hist = [clean_text(display_title(t), 120) for t in hist]
+    recs = [clean_text(display_title(t), 120) for t in recs]
     assert recs, "at least one recommended title is needed"
     parts = []
     if hist:
         parts.append(f"Movies I liked: {_join(hist)}.")
     parts.append(f"Movies picked for me: {_join(recs)}.")
-    wish = _clean(intent, MAX_INTENT_CHARS).replace('"', "'")
+    wish = clean_text(intent, MAX_INTENT_CHARS).replace('"', "'")
     if wish:
         # The wish is data about the user, quoted; it carries no instructions.
         parts.append(f'What I am in the mood for, in my own words: "{wish}".')
-    parts.append("In one sentence, tell me why the picked movies suit me. Do not name any other movie.")
+    parts.extend(PLAIN_INSTRUCTIONS)
     return " ".join(parts)
 
 

@@ -61,6 +61,20 @@ def test_recommend_cold_start_with_text(stub) -> None:
         assert r.text
 
 
+def test_text_in_a_locale_the_model_does_not_write_says_so(stub) -> None:
+    """zh-* on a version whose llm.json declares no "zh": English text, and text_reason says so
+    (the zh path itself: tests/unit/test_explain.py)."""
+    r = stub.Recommend(
+        pb.RecommendRequest(user_id="newcomer-zh", explain=True, context=pb.Context(locale="zh-CN")),
+        timeout=30,
+    )
+    assert r.text_status in (pb.TEXT_STATUS_COMPLETE, pb.TEXT_STATUS_UNGROUNDED)
+    assert r.text.startswith("Try "), r.text  # the English opening
+    assert r.text_reason.endswith("answered in English: this model version does not write Chinese")
+    en = stub.Recommend(pb.RecommendRequest(user_id="newcomer-en", explain=True), timeout=30)
+    assert "English" not in en.text_reason
+
+
 def test_stream_sends_items_then_pieces_then_final(stub) -> None:
     events = list(
         stub.StreamRecommend(

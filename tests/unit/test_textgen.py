@@ -106,8 +106,12 @@ def test_ungrounded_title_stops_the_generation(trained_llm):
         prompt = build_prompt(gen.config, build_user_message(HISTORY, RECOMMENDED))
         ids, text = gen.generate_alone(prompt, 120)
         assert text == TARGET  # the model learned its line
-        pieces, done = asyncio.run(_collect(gen, checker, ALLOWED, max_new_tokens=120))
+        # The second line of defence alone: without the decoding constraint.
+        pieces, done = asyncio.run(_collect(gen, checker, ALLOWED, max_new_tokens=120, constrained=False))
         stats = _settled_stats(gen)
+        # With it (the default), the title is never written: nothing to stop.
+        _, constrained = asyncio.run(_collect(gen, checker, ALLOWED, max_new_tokens=120))
+    assert constrained.stop_reason in ("eos", "length") and checker.check(constrained.text, ALLOWED).ok
     assert done.stop_reason == "ungrounded"
     assert done.violation is not None and done.violation.item_index == FARGO
     assert "Fargo" in done.reason

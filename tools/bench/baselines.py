@@ -19,7 +19,7 @@ def phase_baselines(plan: Plan, srv: dict[str, Any], wheels: Path, work: Path) -
     llm_dir = Path(srv["_llm_dir"])
     llm_cfg = json.loads((llm_dir / "llm.json").read_text())
     mv = ModelRepository(str(llm_dir.parent.parent)).open(llm_dir.parent.name, verify=False)
-    catalog = {it.item_id: it.title for it in mv.catalog()}
+    catalog = {it.item_id: it for it in mv.catalog()}
     prompts = build_prompts(llm_cfg, catalog, srv["_users"], srv["_ranked"])
     pfile = work / "prompts.json"
     pfile.write_text(json.dumps(prompts, indent=1))
@@ -64,13 +64,12 @@ def phase_baselines(plan: Plan, srv: dict[str, Any], wheels: Path, work: Path) -
     )
     out["pytorch"] = json.loads(o.read_text())
     # The server's text at concurrency 1 versus the same prompt decoded alone (same ONNX model, greedy).
-    primer = srv["primer"]
     same = compared = 0
     for p, text in zip(prompts, out["onnx_alone"]["texts"], strict=False):
         got = srv["_texts_c1"].get(p["user_id"])
         if got is None or got[1] != "TEXT_STATUS_COMPLETE":
             continue
         compared += 1
-        same += got[0].strip() == (primer + text).strip()
+        same += got[0].strip() == (p["primer"] + text).strip()
     out["server_vs_alone_texts"] = {"compared": compared, "identical": same}
     return out

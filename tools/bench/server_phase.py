@@ -38,7 +38,6 @@ def phase_server(plan: Plan, models: str, wheels: Path, work: Path, load: LoadSa
     """One `recgen serve`: worker memory, Recommend load vs echo, generation at each concurrency."""
     from tokenizers import Tokenizer
 
-    from recgen.core.prompt import RESPONSE_PRIMER as primer
     from recgen.repository import ModelRepository
     from tools.gen_bench.streams import server_level, stats_delta, worker_stats
     from tools.gen_bench.users import movielens_users, seed_users
@@ -85,7 +84,6 @@ def phase_server(plan: Plan, models: str, wheels: Path, work: Path, load: LoadSa
                     duration=dur,
                     warmup=warm,
                     tokenizer=tok,
-                    primer=primer,
                 )
             )
             s1 = asyncio.run(worker_stats(addrs))
@@ -131,7 +129,6 @@ def phase_server(plan: Plan, models: str, wheels: Path, work: Path, load: LoadSa
     res["_texts_c1"] = texts_c1
     res["_users"] = users
     res["_llm_dir"] = str(llm_dir)
-    res["primer"] = primer
     return res
 
 

@@ -27,7 +27,8 @@ class StreamRecord:
     t_send: float
     t_items: float | None = None
     t_first_piece: float | None = None
-    t_first_generated: float | None = None
+    t_first_generated: float | None = None  # the first piece after the opening
+    opening_chars: int = 0  # the first piece: the answer's opening, written by recgen, not the model
     t_end: float | None = None
     pieces: list[tuple[float, int]] = field(default_factory=list)  # (arrival, cumulative chars)
     text: str = ""
@@ -36,9 +37,13 @@ class StreamRecord:
     text_status: str = ""
 
 
-async def stream_once(stub: Any, rec: StreamRecord, primer: str, timeout: float) -> StreamRecord:
+async def stream_once(stub: Any, rec: StreamRecord, timeout: float) -> StreamRecord:
     """One StreamRecommend for rec.user_id; fills `rec` as events arrive (so a stream cancelled at the end
-    of the window keeps what it received)."""
+    of the window keeps what it received).
+
+    The first text piece is the answer's opening, which the worker writes itself before the model's
+    first token (the plain prompt's "You will enjoy", the outline's "Because you liked X, try Y, a
+    ... film"): model text is everything after it."""
     import grpc
 
     from recgen.v1 import recommender_pb2 as pb
@@ -58,7 +63,8 @@ async def stream_once(stub: Any, rec: StreamRecord, primer: str, timeout: float)
                 rec.pieces.append((now, len(rec.text)))
                 if rec.t_first_piece is None:
                     rec.t_first_piece = now
-                if rec.t_first_generated is None and len(rec.text) > len(primer):
+                    rec.opening_chars = len(rec.text)
+                elif rec.t_first_generated is None:
                     rec.t_first_generated = now
             elif which == "final":
                 rec.text_status = pb.TextStatus.Name(ev.final.text_status)
@@ -73,11 +79,12 @@ async def stream_once(stub: Any, rec: StreamRecord, primer: str, timeout: float)
     return rec
 
 
-def _generated(text: str, primer: str) -> str:
-    return text[len(primer) :] if text.startswith(primer) else text
+def _generated(rec: StreamRecord, chars: int | None = None) -> str:
+    """The model-written part of the first `chars` characters of the stream's text."""
+    return rec.text[rec.opening_chars : len(rec.text) if chars is None else chars]
 
 
-def tokens_between(rec: StreamRecord, tokenizer: Any, primer: str, t0: float, t1: float) -> int:
+def tokens_between(rec: StreamRecord, tokenizer: Any, t0: float, t1: float) -> int:
     """Model-written tokens of this stream that arrived in [t0, t1): encode the text held at each time."""
 
     def count_at(t: float) -> int:
@@ -86,7 +93,7 @@ def tokens_between(rec: StreamRecord, tokenizer: Any, primer: str, t0: float, t1
             if at >= t:
                 break
             chars = n
-        gen = _generated(rec.text[:chars], primer) if chars > len(primer) else ""
+        gen = _generated(rec, chars)
         return len(tokenizer.encode(gen, add_special_tokens=False).ids) if gen else 0
 
     return count_at(t1) - count_at(t0)
@@ -113,7 +120,6 @@ async def server_level(
     duration: float,
     warmup: float,
     tokenizer: Any,
-    primer: str,
     timeout: float = 120.0,
 ) -> tuple[dict[str, Any], list[StreamRecord]]:
     """Closed loop: `concurrency` callers, each sending its next StreamRecommend when its previous one
@@ -139,7 +145,7 @@ async def server_level(
             rec = StreamRecord(user_ids[k % len(user_ids)], time.perf_counter())
             k += concurrency
             records.append(rec)
-            task = asyncio.ensure_future(stream_once(stubs[j % len(stubs)], rec, primer, timeout))
+            task = asyncio.ensure_future(stream_once(stubs[j % len(stubs)], rec, timeout))
             done, _ = await asyncio.wait({task}, timeout=max(0.001, m1 - time.perf_counter()))
             if not done:  # the window is over: stop this stream (its pieces so far are kept)
                 task.cancel()
@@ -153,7 +159,7 @@ async def server_level(
     finally:
         await asyncio.gather(*(c.close() for c in chans))
     cpu = time.process_time() - cpu0
-    tokens = sum(tokens_between(r, tokenizer, primer, m0, m1) for r in records if r.pieces)
+    tokens = sum(tokens_between(r, tokenizer, m0, m1) for r in records if r.pieces)
     measured = [r for r in records if r.t_send >= m0 and r.status == "OK" and r.t_end is not None]
     all_in_window = [r for r in records if r.t_send >= m0]
     report = {
@@ -173,10 +179,7 @@ async def server_level(
         "mean_generated_tokens": round(
             float(
                 np.mean(
-                    [
-                        len(tokenizer.encode(_generated(r.text, primer), add_special_tokens=False).ids)
-                        for r in measured
-                    ]
+                    [len(tokenizer.encode(_generated(r), add_special_tokens=False).ids) for r in measured]
                 )
             ),
             1,

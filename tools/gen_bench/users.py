@@ -85,19 +85,31 @@ def _rfc3339(ts: float) -> str:
 
 
 def build_prompts(
-    llm_cfg: dict[str, Any], catalog: dict[str, str], users: Sequence[BenchUser], ranked: dict[str, list[str]]
+    llm_cfg: dict[str, Any], catalog: dict[str, Any], users: Sequence[BenchUser], ranked: dict[str, list[str]]
 ) -> list[dict[str, Any]]:
-    """The prompt the worker builds for each user (worker/service.py Generate): the user's 3 most recent
-    history titles and the top 3 ranked titles, in the model's chat format, ending with the primer."""
-    from recgen.core.prompt import RESPONSE_PRIMER, build_prompt, build_user_message
+    """The prompt the worker builds for each user (worker/explain.py, the served outline): the user's
+    3 most recent history items and the top 3 ranked items, in the model's chat format, ending with
+    the answer's opening (the primer, returned too). catalog: item id -> recgen.repository.CatalogItem.
+
+    One difference from the worker: the history item the opening links to is chosen by shared
+    categories only (the worker also weighs item factors), which changes the words, not the work."""
+    from recgen.core.explain_outline import ItemFacts, build_outline, nearest_history
+    from recgen.core.prompt import build_prompt
+
+    def facts(item_id: str) -> ItemFacts:
+        it = catalog[item_id]
+        return ItemFacts(it.title, tuple(it.categories), it.text)
 
     out = []
     for u in users:
         items = ranked.get(u.user_id)
         if not items:
             continue
-        hist = [catalog[i] for i, _ in u.history if i in catalog][:3]
-        recs = [catalog[i] for i in items if i in catalog][:3]
-        msg = build_user_message(hist, recs)
-        out.append({"user_id": u.user_id, "prompt": build_prompt(llm_cfg, msg, RESPONSE_PRIMER)})
+        hist = [facts(i) for i, _ in u.history if i in catalog][:3]
+        recs = [facts(i) for i in items if i in catalog][:3]
+        if not recs:
+            continue
+        outline = build_outline(hist, recs, liked=nearest_history(None, None, recs[0], hist))
+        prompt = build_prompt(llm_cfg, outline.message, outline.primer)
+        out.append({"user_id": u.user_id, "prompt": prompt, "primer": outline.primer})
     return out

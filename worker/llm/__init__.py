@@ -10,4 +10,5 @@ Import from the module that defines a name (this file re-exports nothing):
 - session: `DecoderSession`, the ONNX decoder's prefill and decode passes
 - batch: `Request`, `RunningBatch` and its `KVCache`
 - decoding: next-token choice and incremental detokenization
+- constraint: `TitleConstraint`, token choice that cannot name an item outside the allowed set
 """

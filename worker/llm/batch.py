@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from worker.llm.api import GenerationHandle
+from worker.llm.constraint import TitleConstraint
 from worker.llm.decoding import IncrementalDecoder
 
 
@@ -37,6 +38,7 @@ class Request:
     rng: np.random.Generator
     deadline: float  # monotonic; inf when none
     detok: IncrementalDecoder
+    constraint: TitleConstraint | None = None  # grounded by construction (worker/llm/constraint.py)
 
     @property
     def need(self) -> int:  # KV slots this sequence may grow to

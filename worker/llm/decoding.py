@@ -76,6 +76,14 @@ class IncrementalDecoder:
         self.ids.append(token_id)
         return self._emit(final=False)
 
+    def peek(self, token_ids: list[int]) -> str:
+        """The text `token_ids` would add after what was emitted (held-back tokens included,
+        an incomplete final character dropped); changes nothing."""
+        decode = self._tok.decode
+        prefix_text = decode(self.ids[self.prefix_offset : self.read_offset], skip_special_tokens=self._skip)
+        window = self.ids[self.prefix_offset :] + token_ids
+        return decode(window, skip_special_tokens=self._skip).rstrip(_INCOMPLETE)[len(prefix_text) :]
+
     def flush(self) -> str:
         """At the end: whatever complete text is still held back."""
         return self._emit(final=True)

@@ -21,9 +21,10 @@ decode step. `StatsRecorder` (worker/llm/stats.py) keeps the counters behind `st
 default; temperature / top-p sampling with a per-request seeded generator.
 
 The forward passes are worker/llm/session.py, the per-row arrays and KV cache
-worker/llm/batch.py, token choice and detokenization worker/llm/decoding.py,
-the public types worker/llm/api.py. This module does not build prompts and
-does not check grounding (worker/llm/grounded.py).
+worker/llm/batch.py, token choice and detokenization worker/llm/decoding.py
+(under a request's grounding constraint: worker/llm/constraint.py), the public
+types worker/llm/api.py. This module does not build prompts and does not check
+grounding (worker/llm/grounded.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from worker.llm.api import (
     deliver,
 )
 from worker.llm.batch import Request, RunningBatch
+from worker.llm.constraint import TitleConstraint, TitleVocabulary, choose_constrained
 from worker.llm.decoding import IncrementalDecoder, choose
 from worker.llm.outbox import Items, Outbox
 from worker.llm.schedule import PrefillPolicy
@@ -119,6 +121,7 @@ class Generator:
         self.max_prefill_tokens = max_prefill_tokens
         self.max_queue = max_queue
         self._eos = np.array(self.config.eos_token_ids, dtype=np.int64)
+        self.vocab = TitleVocabulary(self.tokenizer)  # token texts, for TitleConstraint
 
         self._cv = threading.Condition(threading.Lock())  # guards _waiting, _cancels
         self._waiting: deque[Request] = deque()
@@ -173,8 +176,11 @@ class Generator:
         seed: int = 0,
         deadline: float | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        constraint: TitleConstraint | None = None,
     ) -> GenerationHandle:
         """Queue a request; events go to `loop` (default: the running loop).
+
+        constraint: every token is chosen under it (worker/llm/constraint.py).
 
         deadline: time.monotonic() value after which the request stops
         ("deadline"). Raises QueueFull, GeneratorClosed, or ValueError for a
@@ -212,6 +218,7 @@ class Generator:
                     np.random.default_rng(seed),
                     float("inf") if deadline is None else deadline,
                     IncrementalDecoder(self.tokenizer),
+                    constraint,
                 )
             )
             handle.token_ids = self._waiting[-1].detok.ids  # live view, eos never pushed
@@ -347,9 +354,15 @@ class Generator:
         self._batch = self._accept(b, self._choose(logits, b), now)
 
     def _choose(self, logits: np.ndarray, b: RunningBatch) -> np.ndarray:
-        """(B, V) logits -> (B,) next tokens (greedy rows never touch their generator)."""
+        """(B, V) logits -> (B,) next tokens (greedy rows never touch their generator;
+        rows with a TitleConstraint are chosen under it)."""
         rngs = [r.rng for r in b.reqs] if (b.temperature > 0).any() else []
-        return choose(logits, b.temperature, b.top_p, rngs)
+        cons = [r.constraint for r in b.reqs]
+        if not any(cons):
+            return choose(logits, b.temperature, b.top_p, rngs)
+        follow = b.max_new - b.generated - 1  # tokens that may follow this one
+        detoks, eos = [r.detok for r in b.reqs], self.config.eos_token_ids
+        return choose_constrained(logits, b.temperature, b.top_p, rngs, cons, detoks, follow, eos)
 
     def _accept(self, b: RunningBatch, tokens: np.ndarray, now: float) -> RunningBatch | None:
         """Record one new token per row; stream text; drop rows that are done."""
@@ -366,6 +379,8 @@ class Generator:
                 req.handle.first_token_at = now
             if not eos[row]:
                 piece = req.detok.push(token)
+                if req.constraint is not None:
+                    req.constraint.accept(piece)
                 if piece:
                     self._outbox.text(req.handle, piece)
             if done[row]:

@@ -1,7 +1,10 @@
 """Grounded text generation: the LLM's stream, released only as far as it is grounded.
 
-`generate_grounded` submits a prompt to the `Generator`, passes every piece
-through a `StreamGuard` and yields the text that is safe to show. The first
+`generate_grounded` submits a prompt to the `Generator` and yields the text
+that is safe to show. Two lines of defence: by default every token is chosen
+under a `TitleConstraint` (worker/llm/constraint.py), so the text cannot name
+an item outside `allowed` (grounded by construction); and every piece passes
+through a `StreamGuard`, the after-the-fact check, which stays on. The first
 mention of an item outside `allowed` cancels the generation at once (the
 sequence leaves the batch before the next decode step) and ends the stream
 with `StopReason.UNGROUNDED`; nothing after the last clean boundary before
@@ -20,6 +23,7 @@ from typing import Any
 
 from recgen.core.grounding import GroundingChecker, Mention, StreamGuard
 from worker.llm.api import Finished, StopReason, TextPiece
+from worker.llm.constraint import TitleConstraint
 from worker.llm.engine import Generator
 
 LOG = logging.getLogger(__name__)
@@ -60,16 +64,22 @@ async def generate_grounded(
     allowed: Collection[int],
     *,
     primer: str = "",
+    constrained: bool = True,
+    check: bool = True,
     **gen_kwargs: Any,
 ) -> AsyncIterator[TextEvent]:
     """Yield SafeText pieces, then one TextDone. gen_kwargs go to `Generator.submit`.
 
     primer: the answer's first words, already at the end of `prompt`; shown as
-    the start of the text and checked like the rest of it.
+    the start of the text and checked like the rest of it. constrained: decode
+    under a TitleConstraint for `allowed`. check: run the StreamGuard (False
+    passes the text through unchecked: for tests of the constraint alone).
     Raises what submit raises (QueueFull, ValueError, GeneratorClosed) before
     the first event. If the consumer stops early, the generation is cancelled.
     """
-    guard = StreamGuard(checker, allowed)
+    guard: StreamGuard | _Unchecked = StreamGuard(checker, allowed) if check else _Unchecked()
+    if constrained:
+        gen_kwargs["constraint"] = TitleConstraint(checker, generator.vocab, allowed, primer)
     handle = generator.submit(prompt, **gen_kwargs)
     if primer:
         safe = guard.feed(primer)
@@ -104,7 +114,23 @@ async def generate_grounded(
             handle.cancel()
 
 
-def _ungrounded(guard: StreamGuard, tokens: int) -> TextDone:
+class _Unchecked:
+    """StreamGuard's interface, releasing everything (check=False)."""
+
+    violation: Mention | None = None
+
+    def __init__(self) -> None:
+        self.released_text = ""
+
+    def feed(self, piece: str) -> str:
+        self.released_text += piece
+        return piece
+
+    def finish(self) -> str:
+        return ""
+
+
+def _ungrounded(guard: StreamGuard | _Unchecked, tokens: int) -> TextDone:
     bad = guard.violation
     assert bad is not None
     LOG.info("ungrounded text stopped: %r names item %d, not in the prompt", bad.matched, bad.item_index)
