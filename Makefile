@@ -69,6 +69,9 @@ readme-layout:
 # open-loop sweeps with a mixed workload. Writes docs/loadtest.json and .png;
 # the gateway is stopped whatever happens. Loopback only.
 LOADTEST_PORT ?= 50071
+# Where the JSON and plot go: var/ (untracked) unless asked, so a trial run never overwrites
+# the committed docs/loadtest.*; `make loadtest LOADTEST_OUT=docs` records a run for docs/.
+LOADTEST_OUT ?= var
 LOADTEST_ARGS ?= --explain-share 0.1 --stream-share 0.1 --feedback-share 0.2 --text-timeout 30 \
 	--sweep-concurrency 1,8,32 --sweep-rates 5,10,20,40 --duration 20 --warmup 3
 loadtest: install data $(MODELS)/.exported
@@ -76,8 +79,9 @@ loadtest: install data $(MODELS)/.exported
 	$(RECGEN) serve --models $(MODELS) --port $(LOADTEST_PORT) --workers $(WORKERS) \
 		--state var/loadtest.db & pid=$$!; \
 	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
+	@mkdir -p $(LOADTEST_OUT)
 	$(PY) -m tools.loadtest --target 127.0.0.1:$(LOADTEST_PORT) --wait-ready 600 --echo $(LOADTEST_ARGS) \
-		--json docs/loadtest.json --plot docs/loadtest.png
+		--json $(LOADTEST_OUT)/loadtest.json --plot $(LOADTEST_OUT)/loadtest.png
 
 # Replay evaluation (docs/eval.md): train on the past of MovieLens-100K, replay the
 # future through a real `recgen serve` (static vs real-time feedback vs popularity);

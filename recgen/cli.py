@@ -38,6 +38,11 @@ def _configure_logging(level: str, fmt: str) -> None:
             format="%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s",
             force=True,
         )
+    # FAISS's loader reports at INFO every variant it tries ("Could not load library with AVX2
+    # support due to: ModuleNotFoundError ..."): six lines per process that read like errors.
+    # Its warnings and errors still show; DEBUG shows everything.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     lifecycle.add_parsers(sub)
     importer.add_parser(sub)
+    # The global flags work after the subcommand too (`recgen serve --log-format json`): each
+    # subcommand repeats them with SUPPRESS, so a flag it was not given leaves the global value.
+    for p in sub.choices.values():
+        p.add_argument("--log-level", default=argparse.SUPPRESS, help="as before the subcommand")
+        p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS)
     return parser
 
 

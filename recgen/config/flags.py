@@ -163,6 +163,17 @@ class _Append(argparse.Action):
         setattr(namespace, self.dest, [*items, values])
 
 
+def _help(s: Setting, raw: str, default: Any) -> str:
+    """The flag's help, saying where its value comes from when not given: the variable that set
+    it (never its value: it may be a secret), or the default."""
+    text = s.flag.help or ""
+    if raw:
+        return f"{text} (now set by {s.env})".strip()
+    if default in (None, "", False, []) or "default" in text:
+        return text
+    return f"{text} (default: %(default)s)".strip()
+
+
 def add_flags(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
@@ -181,7 +192,7 @@ def add_flags(
             continue
         raw = env.get(s.env, "")
         default = _from_env(s, raw) if raw else s.default()
-        kwargs: dict[str, Any] = {"dest": s.name, "default": default, "help": s.flag.help or None}
+        kwargs: dict[str, Any] = {"dest": s.name, "default": default, "help": _help(s, raw, default)}
         if s.kind is bool:
             kwargs["action"] = "store_false" if s.flag.negate else "store_true"
         else:

@@ -289,3 +289,36 @@ def test_export_config_round_trips_too() -> None:
     from recgen.config.flags import to_argv
 
     assert config("export", *to_argv(cfg)) == cfg
+
+
+def test_global_flags_work_after_the_subcommand_too():
+    after = cli.build_parser().parse_args(
+        ["serve", "--models", "m", "--log-format", "json", "--log-level", "DEBUG"]
+    )
+    assert (after.log_format, after.log_level) == ("json", "DEBUG")
+    before = cli.build_parser().parse_args(["--log-format", "json", "serve", "--models", "m"])
+    assert (before.log_format, before.log_level) == ("json", "INFO")  # not reset by the subcommand
+
+
+def test_help_shows_defaults_and_never_a_variables_value(monkeypatch: pytest.MonkeyPatch, capsys):
+    monkeypatch.setenv("RECGEN_STATE", "postgresql://app:s3cret@db/recgen")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 50051)" in text and "(default: 32)" in text
+    assert "(now set by RECGEN_STATE)" in text
+    assert "s3cret" not in text
+
+
+@pytest.mark.parametrize("fmt", ["plain", "json"])
+def test_faiss_loader_noise_is_not_logged_at_info(fmt: str):
+    """Six "Could not load library ... ModuleNotFoundError" lines per start read like errors."""
+    import subprocess
+    import sys
+
+    code = f"from recgen.cli import _configure_logging; _configure_logging('INFO', '{fmt}'); import faiss"
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "faiss" not in err, err
+    code = code.replace("'INFO'", "'DEBUG'")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    assert "faiss.loader" in err  # DEBUG still shows it: the test can tell

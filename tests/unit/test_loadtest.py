@@ -258,3 +258,24 @@ def test_ghz_summary_maps_to_a_report() -> None:
     assert rep.ok == 990 and rep.errors == 10 and rep.throughput == 495.0
     assert rep.status_counts == {"OK": 990, "DEADLINE_EXCEEDED": 10}
     assert rep.latency_ms is not None and rep.latency_ms["p99"] == 9.9
+
+
+def test_plot_gives_each_target_its_own_scale() -> None:
+    """The echo baseline serves 5-10x more per second: a recgen panel must not be squashed by it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tools.loadtest.plot import _latency_panel, _x
+
+    reports = [
+        Report.from_dict(d) for d in json.loads((ROOT / "docs" / "loadtest.json").read_text())["reports"]
+    ]
+    closed = lambda name: [r for r in reports if r.name == name and r.mode == "closed"]  # noqa: E731
+    own, base = [r for r in reports if r.name != "echo" and r.mode == "closed"], closed("echo")
+    assert own and base and max(_x(r) for r in base) > 2 * max(_x(r) for r in own)
+    fig, ax = plt.subplots()
+    _latency_panel(ax, own, base, "closed")
+    assert ax.get_xlim()[1] <= 1.2 * max(_x(r) for r in own)
+    plt.close(fig)
