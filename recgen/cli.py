@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         parser.error(str(e))
     _configure_logging(args.log_level, args.log_format)
+    # Child processes (serve's local workers, export's subprocesses) log the same way: they read
+    # these as their global flags' defaults. Not worker settings, so serve passes them on.
+    os.environ["RECGEN_LOG_LEVEL"], os.environ["RECGEN_LOG_FORMAT"] = args.log_level, args.log_format
 
     if args.command == "export":
         from export.pipeline import run_export
