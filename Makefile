@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[export,dev]'
+	$(PIP) install -q -e '.[export,dev,tracing]'
 	touch $@
 
 install: $(VENV)/.installed proto
