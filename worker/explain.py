@@ -49,6 +49,7 @@ from recgen.core.claims import (
 from recgen.core.explain_outline import ZH, ItemFacts, build_outline, nearest_history
 from recgen.core.grounding import GroundingChecker
 from recgen.core.prompt import PLAIN_INSTRUCTIONS, RESPONSE_PRIMER, build_prompt, build_user_message
+from recgen.core.titles import split_title
 from worker.llm.api import StopReason
 from worker.llm.grounded import SafeText, TextDone, TextEvent, generate_grounded
 from worker.model import LoadedModel
@@ -156,7 +157,7 @@ def plan_text(
     if not recs:
         raise NoItemToPresent("recommended_item_ids has no item of this catalog")
     allowed = frozenset(hist) | frozenset(recs)
-    facts = {r: ItemClaimFacts(tuple(model.catalog[r].categories), model.catalog[r].text) for r in allowed}
+    facts = {r: _claim_facts(model, r) for r in allowed}
     declared = tuple(model.llm_cfg.get("locales", ("en",)))
     lang, notice = text_language(locale, declared)
     if opts.style == "plain":
@@ -174,6 +175,11 @@ def plan_text(
     primer = outline.primer if opts.opening else ""
     prompt = build_prompt(model.llm_cfg, outline.message, primer)
     return TextPlan(prompt, primer, allowed, outline.instructions, facts, lang, notice, len(primer))
+
+
+def _claim_facts(model: LoadedModel, row: int) -> ItemClaimFacts:
+    it = model.catalog[row]
+    return ItemClaimFacts(tuple(it.categories), it.text, split_title(it.title)[2])
 
 
 class _ShownText:

@@ -9,8 +9,9 @@ shown text must be cut (the start of the clause that holds it), or None.
 words ("horror", "sci-fi", "romantic") and the item each one is said of (the
 nearest title mention before it in the same sentence, else after it, else the
 last one before); a claim holds when the category is among the item's catalog
-categories or the word is in its catalog text. `violations` keeps the ones
-that do not hold.
+categories or the word is in its catalog text. A year ("from 1996") is a claim
+too, attached the same way: it holds when it is the item's year (its title's)
+or is written in its catalog text. `violations` keeps the ones that do not hold.
 
 `clause_start` and `end_at` place and finish a cut: at a clause boundary,
 never inside the part of the text we wrote ourselves (`floor`), ending with a
@@ -51,6 +52,10 @@ _WORD_RE = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
 _CLAUSE_END = frozenset(".!?;:,—–\n")
 _SENTENCE_END_RE = re.compile(r"[.!?…]+(?=\s|$)|\n")
 _TRIM = " \t\r\n,;:—–-\"'“‘(["
+# A four-digit year standing alone ("from 1996", "(1995)"); decades ("1990s") and longer
+# numbers are not matched.
+_YEAR_RE = re.compile(r"(?<![\w.,])(1[89]\d\d|20\d\d)(?![\w])")
+YEAR = "year"  # Claim.category of a year claim
 
 # Words a text may use for a catalog category, beyond the category's own name
 # (lower-cased MovieLens genres). A category of another catalog is found by its name.
@@ -136,6 +141,7 @@ class ItemClaimFacts:
 
     categories: tuple[str, ...]
     text: str = ""
+    year: int | None = None  # the title's year, as recgen/core/titles.py reads it
 
 
 @dataclass(frozen=True)
@@ -145,7 +151,7 @@ class Claim:
     start: int
     end: int
     word: str
-    category: str  # lower-cased catalog category
+    category: str  # lower-cased catalog category, or YEAR
     item: int | None  # catalog row it is said of; None: no item named near it
     ok: bool
 
@@ -186,11 +192,12 @@ def attribute_claims(
     facts: Mapping[int, ItemClaimFacts],
     vocabulary: Vocabulary,
 ) -> list[Claim]:
-    """Every category word in the text outside a title, with the item it is said of."""
+    """Every category word and year in the text outside a title, with the item it is said of."""
     known = _item_of(mentions, facts)
     ends = sentence_ends(text)
     claims = []
-    for start, end, cat in vocabulary.find(text):
+    found = vocabulary.find(text) + [(m.start(), m.end(), YEAR) for m in _YEAR_RE.finditer(text)]
+    for start, end, cat in sorted(found):
         if any(m.start <= start < m.end for m in mentions):
             continue  # part of a title ("Star Wars", "The Crying Game")
         sent = _sentence_of(ends, start)
@@ -203,7 +210,11 @@ def attribute_claims(
             claims.append(Claim(start, end, text[start:end], cat, None, True))
             continue
         f = facts[pick[1]]
-        ok = cat in {c.lower() for c in f.categories} or text[start:end].lower() in f.text.lower()
+        word = text[start:end]
+        if cat == YEAR:
+            ok = int(word) == f.year or word in f.text
+        else:
+            ok = cat in {c.lower() for c in f.categories} or word.lower() in f.text.lower()
         claims.append(Claim(start, end, text[start:end], cat, pick[1], ok))
     return claims
 

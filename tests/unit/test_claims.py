@@ -19,11 +19,13 @@ from recgen.core.prompt import PLAIN_INSTRUCTIONS
 CATALOG = ["Heat (1995)", "Star Wars (1977)", "Contact (1997)", "Crying Game, The (1992)", "Toy Story (1995)"]
 HEAT, STAR_WARS, CONTACT, CRYING_GAME, TOY_STORY = range(5)
 FACTS = {
-    HEAT: ItemClaimFacts(("Action", "Crime", "Thriller")),
-    STAR_WARS: ItemClaimFacts(("Action", "Adventure", "Romance", "Sci-Fi", "War")),
-    CONTACT: ItemClaimFacts(("Drama", "Sci-Fi"), "A scientist hears a signal from space; a mystery."),
-    CRYING_GAME: ItemClaimFacts(("Drama", "Romance", "War")),
-    TOY_STORY: ItemClaimFacts(("Animation", "Children's", "Comedy")),
+    HEAT: ItemClaimFacts(("Action", "Crime", "Thriller"), year=1995),
+    STAR_WARS: ItemClaimFacts(("Action", "Adventure", "Romance", "Sci-Fi", "War"), year=1977),
+    CONTACT: ItemClaimFacts(
+        ("Drama", "Sci-Fi"), "A scientist hears a signal from space; a mystery. Remastered in 2009.", 1997
+    ),
+    CRYING_GAME: ItemClaimFacts(("Drama", "Romance", "War"), year=1992),
+    TOY_STORY: ItemClaimFacts(("Animation", "Children's", "Comedy"), year=1995),
 }
 VOCAB = Vocabulary({c for f in FACTS.values() for c in f.categories} | {"Horror", "Western", "Mystery"})
 CHECKER = GroundingChecker(CATALOG, boundary="word")
@@ -114,3 +116,18 @@ def test_claim_without_any_item_named_is_not_counted_against_one() -> None:
     # Said after the item, in a later sentence: the last item named before it.
     (c,) = claims_of("Try Heat (1995). It is a horror film.")
     assert (c.item, c.ok) == (HEAT, False)
+
+
+def test_years_are_claims_about_the_nearest_item() -> None:
+    # A title's own year is part of the title; a year said of an item must be its year,
+    # or written in its catalog text. Decades and other numbers are not year claims.
+    text = "Because you liked Heat (1995), try Contact, from 1997. It was remastered in 2009."
+    assert [(c.word, c.item, c.ok) for c in claims_of(text) if c.category == "year"] == [
+        ("1997", CONTACT, True),
+        ("2009", CONTACT, True),
+    ]
+    wrong = "Try Contact (1997), a drama from 1996, or Toy Story, from 1995."
+    bad = violations(wrong, CHECKER.find_mentions(wrong), FACTS, VOCAB)
+    assert [(c.word, c.item) for c in bad] == [("1996", CONTACT)]
+    numbers = claims_of("Heat is a 1990s classic, 120 minutes, 12,000 fans.")
+    assert [c for c in numbers if c.category == "year"] == []

@@ -17,7 +17,7 @@ from recgen.core.claims import ItemClaimFacts, Vocabulary, violations
 from recgen.core.explain_outline import ZH, ItemFacts, build_outline, nearest_history
 from recgen.core.grounding import GroundingChecker
 from recgen.core.prompt import build_prompt
-from recgen.core.titles import display_title
+from recgen.core.titles import display_title, split_title
 from recgen.repository import CatalogItem
 
 CATALOG = [
@@ -62,7 +62,10 @@ def test_examples_state_only_catalog_facts() -> None:
         assert result.ok, (text, result)
         # Every item the target names is the presented one or the linked one.
         assert {m.item_index for m in checker.find_mentions(text)} <= {ex.recommended[0], ex.liked}, text
-        facts = {r: ItemClaimFacts(CATALOG[r].categories, CATALOG[r].text) for r in shown}
+        facts = {
+            r: ItemClaimFacts(CATALOG[r].categories, CATALOG[r].text, split_title(CATALOG[r].title)[2])
+            for r in shown
+        }
         assert violations(text, result.mentions, facts, vocabulary) == [], text
         assert not re.search(r"\b(1[89]\d\d|20\d\d)\b", ex.target), ex.target  # years are the opening's
     # Varied phrasing: many distinct shapes once titles and categories are masked.

@@ -16,6 +16,7 @@ from typing import Any
 
 from recgen.core import claims
 from recgen.core.grounding import GroundingChecker, Mention
+from recgen.core.titles import split_title
 
 COMPLETE = ("eos", "length")  # StopReason values that end a text on its own
 INTENT_PREFIX = 5  # a text word refers to an intent word when they share this many first letters
@@ -54,11 +55,14 @@ class ClaimChecks:
     vocabulary: claims.Vocabulary
 
     @staticmethod
-    def build(categories: Sequence[Sequence[str]], texts: Sequence[str] = ()) -> ClaimChecks:
+    def build(
+        categories: Sequence[Sequence[str]], texts: Sequence[str] = (), titles: Sequence[str] = ()
+    ) -> ClaimChecks:
         texts = list(texts) or [""] * len(categories)
+        years = [split_title(t)[2] for t in titles] or [None] * len(categories)
         facts = {
-            i: claims.ItemClaimFacts(tuple(c), t)
-            for i, (c, t) in enumerate(zip(categories, texts, strict=True))
+            i: claims.ItemClaimFacts(tuple(c), t, y)
+            for i, (c, t, y) in enumerate(zip(categories, texts, years, strict=True))
         }
         return ClaimChecks(facts, claims.Vocabulary(c for cs in categories for c in cs))
 

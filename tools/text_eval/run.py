@@ -128,7 +128,10 @@ async def generate_all(
 
 
 def _score(model: LoadedModel, texts: Sequence[Generated]) -> list[TextScore]:
-    checks = ClaimChecks.build([it.categories for it in model.catalog], [it.text for it in model.catalog])
+    catalog = model.catalog
+    checks = ClaimChecks.build(
+        [it.categories for it in catalog], [it.text for it in catalog], [it.title for it in catalog]
+    )
     return [
         score_text(
             g.shown.case.case,
