@@ -176,7 +176,7 @@ def evaluate_scorer(
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"evaluating {name}", unit="chunk", leave=False)
+        starts = tqdm(starts, desc=f"evaluating {name}", unit="chunk", leave=False, disable=None)
     tops = []
     for s in starts:
         users = split.test_user[s : s + m]

@@ -197,7 +197,9 @@ def train_als(
     if progress:
         from tqdm import tqdm
 
-        iterator = tqdm(iterator, desc=f"ALS d={d} λ={params.reg:g} α={params.alpha:g}", unit="it")
+        iterator = tqdm(
+            iterator, desc=f"ALS d={d} λ={params.reg:g} α={params.alpha:g}", unit="it", disable=None
+        )
     for _ in iterator:
         x = _half_step(y, by_user, params.reg, threads)
         y = _half_step(x, by_item, params.reg, threads)

@@ -26,6 +26,7 @@ from export.factors_import import ImportedFactors
 from export.index import EXACT_MAX_ITEMS, build_index, save_index
 from export.mf import train_als
 from export.model_selection import choose_params, evaluate_all
+from export.progress import ExportProgress, display_mode, plan, rows_guess
 from export.scorer_onnx import export_scorer
 from recgen.config.export import ExportConfig
 from recgen.core.foldin import FoldIn
@@ -50,23 +51,58 @@ from recgen.repository import Manifest, VersionWriter, write_catalog
 LOG = logging.getLogger(__name__)
 
 
-def _step(name: str) -> float:
-    LOG.info("export: %s", name)
+def _step(progress: ExportProgress, key: str) -> float:
+    if key in progress:  # not planned: a no-op here (tuning with the parameters given)
+        progress.start(key)  # logs the stage (log mode) or shows it on the bar
     return time.perf_counter()
 
 
+def _progress(opts: ExportConfig, rows: int, imported: bool) -> ExportProgress:
+    """The overall display: a bar on a terminal (or with --progress), else one line per stage."""
+    forced = opts.progress_bar
+    grid = opts.factors is None and opts.reg is None and opts.alpha is None  # else no tuning (choose_params)
+    steps = plan(
+        tune=grid and not imported,
+        train=not imported,
+        encoder=opts.with_encoder,
+        context=opts.with_context,
+        llm=opts.with_llm,
+    )
+    mode = display_mode(forced) if opts.progress or forced else "log"
+    return ExportProgress(steps, rows, mode=mode)
+
+
 def export_version(
-    ds: Dataset, root: Path, opts: ExportConfig, imported: ImportedFactors | None = None
+    ds: Dataset,
+    root: Path,
+    opts: ExportConfig,
+    imported: ImportedFactors | None = None,
+    progress: ExportProgress | None = None,
 ) -> Path:
     """Build one complete model version from a dataset; returns its path.
 
     imported: item factors trained elsewhere (export/factors_import.py): no tuning or training;
     they are evaluated as they are, and the context step reuses them for its splits.
+    progress: the overall display run_export started (it showed reading the data); else one
+    is made here.
     """
+    if progress is None:
+        progress = _progress(opts, len(ds), imported is not None)
+    progress.rescale(len(ds))
+    try:
+        path = _export_version(ds, root, opts, imported, progress)
+    finally:
+        progress.close()
+    return path
+
+
+def _export_version(
+    ds: Dataset, root: Path, opts: ExportConfig, imported: ImportedFactors | None, progress: ExportProgress
+) -> Path:
     started = time.perf_counter()
     split_factors: dict[str, np.ndarray] = {}  # the held-out models' item factors, for the context step
     if imported is None:
-        t = _step("tuning ALS on a validation split")
+        t = _step(progress, "tune")
         params, trials = choose_params(ds, opts, split_factors)
         LOG.info("chosen %s (%.1f s)", params, time.perf_counter() - t)
     else:
@@ -74,7 +110,7 @@ def export_version(
         split_factors["validation"] = imported.item_factors
         LOG.info("imported %s from %s: no tuning or training", params, imported.source)
 
-    t = _step("evaluating on held-out data")
+    t = _step(progress, "evaluate")
     given = None if imported is None else imported.item_factors
     metrics: dict[str, Any] = {"quality": evaluate_all(ds, params, opts, split_factors, given)}
     metrics["quality"]["tuning"] = trials
@@ -88,7 +124,7 @@ def export_version(
     )
 
     if imported is None:
-        t = _step("training the served model on all data")
+        t = _step(progress, "train")
         model = train_als(
             ds.user,
             ds.item,
@@ -105,8 +141,8 @@ def export_version(
 
     extra_params: dict[str, Any] = {}
     with VersionWriter(root) as w:
+        t = _step(progress, "histories")
         write_catalog(w.path / "catalog.jsonl", ds.items)
-        t = _step("writing the training users' histories")
         held = write_user_histories(w.path / USERS_DIR, ds.users, ds.user, ds.item, ds.timestamp)
         extra_params["users"] = {
             **held.counts(),
@@ -119,7 +155,7 @@ def export_version(
         np.save(w.path / ITEM_POPULARITY_FILE, popularity)
         export_scorer(params.factors, w.path / SCORER_FILE)
 
-        t = _step("building the FAISS index")
+        t = _step(progress, "index")
         # Sample queries: 2,000 users' vectors exactly as the workers will fold them in.
         active = np.flatnonzero(np.diff(held.hist_indptr) > 0)
         sample = np.random.default_rng(opts.seed).permutation(active)[:2000]
@@ -135,7 +171,7 @@ def export_version(
 
         dims: dict[str, int] = {"factors": params.factors}
         if opts.with_encoder:
-            t = _step("exporting the content encoder and its map into MF space")
+            t = _step(progress, "encoder")
             from export.content_step import export_content
 
             enc = export_content(
@@ -144,7 +180,7 @@ def export_version(
             dims["encoder"] = int(enc["dim"])
             metrics["content_map"] = enc["report"]
         if opts.with_context:
-            t = _step("learning what request context adds (ablation on held-out data)")
+            t = _step(progress, "context")
             from export.context import ContextOptions, learn_context
 
             enc_dir = w.path / ENCODER_DIR if opts.with_encoder else None
@@ -154,13 +190,14 @@ def export_version(
                 ds, params, w.path / CONTEXT_DIR, enc_dir, ctx_opts, emb, split_factors
             )
         if opts.with_llm:
-            t = _step("exporting the language model")
+            t = _step(progress, "llm")
             from export.llm.step import export_llm_for_catalog
 
             llm = export_llm_for_catalog(ds, opts, w.path / LLM_DIR, factors, params.reg, params.alpha)
             metrics["llm"] = llm.get("quality", {})
             extra_params["llm"] = {k: llm[k] for k in ("source", "architecture", "precision") if k in llm}
 
+        t = _step(progress, "commit")
         manifest = Manifest(
             version=w.version,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -181,6 +218,7 @@ def export_version(
             },
         )
         path = w.commit(manifest)
+    progress.finish()
     LOG.info("export finished in %.1f s: %s", time.perf_counter() - started, path)
     return path
 
@@ -241,6 +279,13 @@ def _imported_factors(cfg: ExportConfig, ds: Dataset) -> ImportedFactors | None:
 def run_export(cfg: ExportConfig) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never fetch weights from a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    progress = _progress(cfg, rows_guess([cfg.interactions]), bool(cfg.factors_from))
+    with progress:  # closed on every way out; export_version finishes it
+        progress.start("read")
+        return _run_export(cfg, progress)
+
+
+def _run_export(cfg: ExportConfig, progress: ExportProgress) -> int:
     try:
         ds = (
             load_files(cfg.interactions, cfg.items)
@@ -270,7 +315,7 @@ def run_export(cfg: ExportConfig) -> int:
     root = Path(cfg.models)
     pin(root)  # workers keep serving what they serve until the gate says otherwise
     try:
-        path = export_version(ds, root, cfg, imported)
+        path = export_version(ds, root, cfg, imported, progress)
     except BudgetError as e:  # a stage that cannot fit says so before its work, with what to change
         LOG.error("%s", e)
         print(f"recgen export: {e}")

@@ -10,6 +10,8 @@ an admin method: PERMISSION_DENIED. The services named open (by default health
 checking, which load balancers and Kubernetes probes call without tokens, and
 server reflection, which grpcurl and buf curl call before anything else) take
 calls without a token. Tokens are compared in constant time and never logged.
+A denied call's request bytes are never parsed; it still gets a request id, an
+access line and its count, from server/errors.py's interceptor, which runs first.
 """
 
 from __future__ import annotations
@@ -59,24 +61,19 @@ def load_tokens(path: Path | str) -> dict[str, str]:
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of handler's kind that answers `code` at once. It takes the request as bytes
+    (no deserializer): a caller without the right token never gets its bytes parsed."""
+
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
     if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(abort, None, handler.response_serializer)
     if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_stream_rpc_method_handler(abort, None, handler.response_serializer)
     if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(
-            abort, handler.request_deserializer, handler.response_serializer
-        )
-    return grpc.stream_stream_rpc_method_handler(
-        abort, handler.request_deserializer, handler.response_serializer
-    )
+        return grpc.stream_unary_rpc_method_handler(abort, None, handler.response_serializer)
+    return grpc.stream_stream_rpc_method_handler(abort, None, handler.response_serializer)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
@@ -85,6 +82,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: dict[str, str], open_services: tuple[str, ...] = (HEALTH_SERVICE,)) -> None:
         self._tokens = list(tokens.items())
         self._open = tuple(f"/{name}/" for name in open_services)
+        # (method, code) -> its denying handler, made once: the interceptor before this one
+        # (server/errors.py) caches what it wraps by handler identity.
+        self._denied: dict[tuple[str, grpc.StatusCode], grpc.RpcMethodHandler] = {}
+
+    def _denial(
+        self, method: str, handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str
+    ) -> grpc.RpcMethodHandler:
+        key = (method, code)
+        denied = self._denied.get(key)
+        if denied is None:
+            denied = self._denied[key] = _deny(handler, code, message)
+        return denied
 
     def _role(self, presented: str) -> str | None:
         role = None
@@ -106,11 +115,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         presented = auth[7:] if auth.lower().startswith("bearer ") else ""
         role = self._role(presented) if presented else None
         if role is None:
-            return _deny(
+            return self._denial(
+                method,
                 handler,
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid token (metadata 'authorization: Bearer TOKEN')",
             )
         if method in ADMIN_METHODS and role != "admin":
-            return _deny(handler, grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token")
+            return self._denial(
+                method, handler, grpc.StatusCode.PERMISSION_DENIED, f"{method} needs an admin token"
+            )
         return handler

@@ -5,7 +5,9 @@ gateway's own gRPC server exists. While serving, health (server/health.py)
 says SERVING only while every shard has a healthy worker and the state store
 can write. SIGTERM drains: health turns NOT_SERVING, new requests are refused,
 in-flight ones finish within the grace period, workers are stopped, and the
-process exits 0.
+process exits 0. Before the server stops, the drain (server/drain.py) waits until every open
+client connection has had its connection-age GOAWAY and left, so that no call reaches a
+stopping server (grpc core would cancel it: CANCELLED, never retried).
 """
 
 from __future__ import annotations
@@ -15,18 +17,22 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, replace
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from recgen.config import ConfigError, ServeConfig
+from recgen.config.serve import DEFAULT_METRICS_PORT
 from recgen.promotion import pin
 from recgen.repository import ModelRepository
 from recgen.tls import server_credentials
 from recgen.v1 import recommender_pb2, recommender_pb2_grpc
+from server.access_log import AccessLog
 from server.auth import HEALTH_SERVICE, AuthInterceptor, load_tokens
 from server.catalog import CatalogSync
 from server.discovery import parse_worker_addresses
+from server.drain import connection_age_s, drain, new_server_id, server_ids
 from server.errors import ErrorStatus
 from server.feedback import HISTORY_CAP
 from server.health import GatewayHealth, HealthServicer
@@ -58,6 +64,7 @@ class Gateway:
     store: StateStore
     service: RecommenderService
     metrics_server: asyncio.Server | None = None
+    channelz_id: int | None = None  # in grpc's channelz registry: the drain counts its connections
 
 
 def connection_age_options(cfg: ServeConfig) -> list[tuple[str, int]]:
@@ -67,12 +74,21 @@ def connection_age_options(cfg: ServeConfig) -> list[tuple[str, int]]:
     balancer (a Kubernetes Service) pins it to one gateway forever and new
     replicas get no traffic. Past the age the server sends GOAWAY: calls in
     flight get the grace period to finish, and the client's channel opens a new
-    connection (re-balanced) for the next call without failing any. 0 disables.
+    connection (re-balanced) for the next call without failing any. 0 disables. The age is at
+    most half of --grace: the SIGTERM drain relies on this GOAWAY to move clients off
+    (server/drain.py).
     """
-    if cfg.max_connection_age_s <= 0:
+    age = connection_age_s(cfg.max_connection_age_s, cfg.grace)
+    if age <= 0:
         return []
+    if age < cfg.max_connection_age_s:
+        LOG.info(
+            "connection age %.1f s (--max-connection-age-s %.1f: at most half of --grace)",
+            age,
+            cfg.max_connection_age_s,
+        )
     return [
-        ("grpc.max_connection_age_ms", int(cfg.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_ms", int(age * 1000)),
         ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000)),
     ]
 
@@ -132,23 +148,29 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
     pool.on_ready = live_catalog.on_worker_ready  # no worker serves with a stale catalog
     await pool.start()
 
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(state_path=getattr(store, "path", None))  # SQLite: its -wal file's size
+    # One policy for the service's lines and the access log: the same user, the same pseudonym.
+    user_ids = UserIdPolicy(raw=cfg.log_user_ids, salt=cfg.log_salt)
     service = RecommenderService(
         store,
         pool,
         live_catalog,
         max_in_flight=cfg.max_in_flight,
-        user_ids=UserIdPolicy(raw=cfg.log_user_ids, salt=cfg.log_salt),
+        user_ids=user_ids,
         feedback_limiter=RateLimiter(cfg.feedback_rate, cfg.feedback_burst),
         live_catalog=live_catalog,
         user_cache=user_state_cache(cfg, store),
         rank_batcher=RankBatcher(max_in_flight=cfg.rank_batch) if cfg.rank_batch > 0 else None,
     )
-    interceptors = auth_interceptors(cfg)
-    # After auth: a caller without a token gets UNAUTHENTICATED and its bytes are
-    # never parsed. Then the one place exceptions become statuses (undecodable requests
-    # INVALID_ARGUMENT, not UNKNOWN), counted by method and status.
-    interceptors.append(ErrorStatus(metrics))
+    # First the one place exceptions become statuses (undecodable requests INVALID_ARGUMENT,
+    # not UNKNOWN), every call counted by method and status, traced and access-logged with its
+    # request id: calls that auth refuses too (UNAUTHENTICATED, PERMISSION_DENIED). Then auth:
+    # a caller without the right token gets its status and its bytes are never parsed.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        ErrorStatus(metrics, access_log=AccessLog(user_ids, enabled=cfg.access_log))
+    ]
+    interceptors += auth_interceptors(cfg)
+    known_servers = server_ids()
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -157,6 +179,7 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
             *connection_age_options(cfg),
         ],
     )
+    channelz_id = new_server_id(known_servers)
     recommender_pb2_grpc.add_RecommenderServicer_to_server(service, server)
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -173,16 +196,32 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
     await server.start()
     await gateway_health.update()  # SERVING: every worker is in rotation, the store just wrote its schema
     metrics_server = None
-    if cfg.metrics_port is not None:
+    if cfg.metrics:
 
         async def render() -> str:
             metrics.in_flight = service.admission.in_flight
             return await render_metrics(metrics, pool, mv.name)
 
-        metrics_server = await start_metrics_server(cfg.host, cfg.metrics_port, render)
-        mport = metrics_server.sockets[0].getsockname()[1]
-        print(f"recgen: metrics on http://{cfg.host}:{mport}/metrics", flush=True)
-    return Gateway(server, port, gateway_health, pool, store, service, metrics_server)
+        metrics_server = await _start_metrics(cfg, render)
+    return Gateway(server, port, gateway_health, pool, store, service, metrics_server, channelz_id)
+
+
+async def _start_metrics(cfg: ServeConfig, render: Any) -> asyncio.Server | None:
+    """The metrics endpoint on --metrics-host (default: --host, itself loopback by default).
+    On by default: when the default port is taken (a second gateway on one machine, say) the
+    gateway serves without metrics and says so; a port asked for explicitly must bind."""
+    host = cfg.metrics_host or cfg.host
+    try:
+        server = await start_metrics_server(host, cfg.metrics_port, render)
+    except OSError as e:
+        if cfg.metrics_port != DEFAULT_METRICS_PORT:
+            raise
+        LOG.warning("metrics: default port %d taken (%s); serving without metrics", cfg.metrics_port, e)
+        return None
+    mport = server.sockets[0].getsockname()[1]
+    LOG.info("metrics on http://%s:%d/metrics", host, mport)
+    print(f"recgen: metrics on http://{host}:{mport}/metrics", flush=True)
+    return server
 
 
 async def _flush_impressions(store: StateStore, stop: asyncio.Event) -> None:
@@ -202,7 +241,8 @@ async def serve(cfg: ServeConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    flusher = asyncio.create_task(_flush_impressions(gw.store, stop))
+    served = asyncio.Event()  # the public server has stopped: calls served in the drain log impressions too
+    flusher = asyncio.create_task(_flush_impressions(gw.store, served))
     health_watch = asyncio.create_task(gw.health.run(stop))
     catalog_poll = asyncio.create_task(gw.service.live_catalog.run(stop)) if gw.service.live_catalog else None
     await stop.wait()
@@ -210,7 +250,11 @@ async def serve(cfg: ServeConfig) -> None:
     LOG.info("draining (grace %.1f s)", cfg.grace)
     await health_watch
     await gw.health.drain()
-    await gw.server.stop(grace=cfg.grace)  # refuses new calls, lets in-flight ones finish
+    # Clients leave on their connection's GOAWAY while the server serves on; only then does it
+    # stop (refusing new calls) and let the calls in flight finish.
+    age = connection_age_s(cfg.max_connection_age_s, cfg.grace)
+    await drain(gw.server, gw.channelz_id, grace_s=cfg.grace, age_s=age)
+    served.set()
     await flusher
     if catalog_poll is not None:
         await catalog_poll

@@ -1,169 +1,205 @@
-"""Prometheus metrics of the gateway, plus its workers' metrics aggregated.
+"""Prometheus metrics of the gateway on prometheus_client, with its workers' figures.
 
-A small registry (counters and histograms with labels) rendered in the
-Prometheus text format; no client library needed for this little. Worker
-metrics are pulled at scrape time through each worker's Stats rpc and summed
-over workers (their histogram buckets are fixed, so they add up). This
-module does not serve HTTP (server/metrics_http.py does).
+`GatewayMetrics` owns one CollectorRegistry (never the process-global
+default, so a test can run several gateways in one process). Its public-API
+series follow the usual gRPC names and labels (grpc_service, grpc_method,
+grpc_type, grpc_code): `grpc_server_started_total`,
+`grpc_server_handled_total` and the `grpc_server_handling_seconds` histogram,
+whose `text` label keeps Recommend-with-text (p99 ~11-13 s) apart from the
+plain ranking calls (milliseconds), with buckets up to 60 s. Beside them: the
+gateway's in-flight requests, the SQLite WAL size, process and platform
+metrics, `recgen_build_info` and `recgen_model_info`, and the workers'
+figures (server/worker_metrics.py) pulled at scrape time.
+
+The ErrorStatus interceptor (server/errors.py) calls `observe_request` once
+per call of the public service, rejected ones (RESOURCE_EXHAUSTED) included.
+This module does not serve HTTP (server/metrics_http.py does).
 """
 
 from __future__ import annotations
 
-import asyncio
-import bisect
-import logging
-from collections import defaultdict
-from collections.abc import Iterable
+import platform
+from importlib import metadata
+from pathlib import Path
 
 import grpc
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
-from recgen.worker.v1 import worker_pb2
+import recgen
+from recgen.v1 import recommender_pb2
+from server.worker_metrics import WorkerCollector
 from server.workers import WorkerPool
 
-LOG = logging.getLogger(__name__)
+# The text format would show each counter's and histogram's creation time as one
+# more gauge series per label set; Prometheus does not use them. Process-wide.
+disable_created_metrics()
 
-LATENCY_BOUNDS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+SERVICE = recommender_pb2.DESCRIPTOR.services_by_name["Recommender"]
+SERVICE_NAME = SERVICE.full_name
 
-Labels = tuple[tuple[str, str], ...]
-
-
-def _labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels)
-    return "{" + inner + "}"
-
-
-def _fmt(x: float) -> str:
-    return repr(float(x)) if x != int(x) else str(int(x))
+# Seconds. Dense where ranking lives (ms), then 10-60 s where text lives: the
+# documented explain p99 (11-13 s) falls between buckets, not above the top one.
+HANDLING_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 7.5, 10.0, 12.5, 15.0, 20.0, 30.0, 60.0,
+)  # fmt: skip
 
 
-class _Hist:
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
+def _grpc_type(method: str) -> str:
+    """go-grpc-prometheus' grpc_type of a method of the public service."""
+    m = SERVICE.methods_by_name.get(method)
+    if m is None:
+        return "unary"
+    return {
+        (False, False): "unary",
+        (False, True): "server_stream",
+        (True, False): "client_stream",
+        (True, True): "bidi_stream",
+    }[m.client_streaming, m.server_streaming]
 
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.sum += v
+
+def _build_labels() -> dict[str, str]:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": recgen.__version__,
+        "python": platform.python_version(),
+        "grpcio": version("grpcio"),
+        "onnxruntime": version("onnxruntime"),
+        "faiss": version("faiss-cpu"),
+    }
+
+
+def _size(path: Path) -> float:
+    """Bytes in the file; 0 when there is none (SQLite removes the WAL at a clean close)."""
+    try:
+        return float(path.stat().st_size)
+    except FileNotFoundError:
+        return 0.0
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
-        self.requests: dict[Labels, float] = defaultdict(float)  # method, code
-        self.latency: dict[Labels, _Hist] = {}
-        self.in_flight = 0
+    """The gateway's registry. `observe_request` per finished call; `in_flight` set before a scrape.
 
-    def observe_request(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
-        self.requests[(("method", method), ("code", code.name))] += 1
-        key = (("method", method),)
-        h = self.latency.get(key)
-        if h is None:
-            h = self.latency[key] = _Hist(LATENCY_BOUNDS)
-        h.observe(seconds)
+    state_path: the SQLite state file, whose `-wal` file's size is read at each
+    scrape (`recgen_state_wal_bytes`); None (PostgreSQL, or not wired) exports
+    no WAL gauge unless `set_wal_bytes` is called.
+    """
 
+    def __init__(self, *, state_path: Path | str | None = None, service: str = SERVICE_NAME) -> None:
+        self.service = service
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.started = Counter(
+            "grpc_server_started",
+            "public rpcs started",
+            ["grpc_service", "grpc_method", "grpc_type"],
+            registry=r,
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "public rpcs finished, by status code (rejected calls are RESOURCE_EXHAUSTED)",
+            ["grpc_service", "grpc_method", "grpc_type", "grpc_code"],
+            registry=r,
+        )
+        self.handling = Histogram(
+            "grpc_server_handling_seconds",
+            "public rpc latency until the status; text=true: a generated text was asked for",
+            ["grpc_service", "grpc_method", "grpc_type", "text"],
+            buckets=HANDLING_BUCKETS,
+            registry=r,
+        )
+        self._in_flight = Gauge("recgen_in_flight_requests", "public requests being served", registry=r)
+        self._in_flight_n = 0
+        Info("recgen_build", "the recgen build and its serving libraries", registry=r).info(_build_labels())
+        self._model = Gauge(
+            "recgen_model_info", "the model version served (value 1)", ["version"], registry=r
+        )
+        self._model_version: str | None = None
+        self._wal = Gauge("recgen_state_wal_bytes", "size of the SQLite state store's WAL file", registry=r)
+        if state_path is not None:
+            wal = Path(str(state_path) + "-wal")
+            self._wal.set_function(lambda: _size(wal))
+        else:
+            self.registry.unregister(self._wal)  # no file to measure: no misleading 0
+        self._wal_registered = state_path is not None
+        self.workers: WorkerCollector | None = None
+        # Until the interceptor reports starts itself (request_started), a call is counted
+        # as started when it finishes, so started_total never trails handled_total.
+        self._starts_reported = False
+        for m in SERVICE.methods_by_name:  # every method's series exist from the start: rate() works at once
+            self.started.labels(service, m, _grpc_type(m))
+            self.handled.labels(service, m, _grpc_type(m), grpc.StatusCode.OK.name)
 
-def _counter(name: str, help_: str, samples: Iterable[tuple[Labels, float]]) -> list[str]:
-    out = [f"# HELP {name} {help_}", f"# TYPE {name} counter"]
-    out += [f"{name}{_labels(lb)} {_fmt(v)}" for lb, v in samples]
-    return out
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight_n
 
+    @in_flight.setter
+    def in_flight(self, n: int) -> None:  # server/main.py sets it from Admission before each scrape
+        self._in_flight_n = n
+        self._in_flight.set(n)
 
-def _gauge(name: str, help_: str, samples: Iterable[tuple[Labels, float]]) -> list[str]:
-    out = [f"# HELP {name} {help_}", f"# TYPE {name} gauge"]
-    out += [f"{name}{_labels(lb)} {_fmt(v)}" for lb, v in samples]
-    return out
+    def request_started(self, method: str) -> None:
+        self._starts_reported = True
+        self.started.labels(self.service, method, _grpc_type(method)).inc()
 
+    def observe_request(
+        self, method: str, code: grpc.StatusCode, seconds: float, *, text: bool = False
+    ) -> None:
+        kind = _grpc_type(method)
+        if not self._starts_reported:
+            self.started.labels(self.service, method, kind).inc()
+        self.handled.labels(self.service, method, kind, code.name).inc()
+        self.handling.labels(self.service, method, kind, "true" if text else "false").observe(seconds)
 
-def _histogram(
-    name: str, help_: str, samples: Iterable[tuple[Labels, tuple[float, ...], list[int], float]]
-) -> list[str]:
-    """samples: (labels, bounds, cumulative counts incl. +Inf last, sum)."""
-    out = [f"# HELP {name} {help_}", f"# TYPE {name} histogram"]
-    for lb, bounds, cum, total in samples:
-        for b, c in zip([*bounds, float("inf")], cum, strict=True):
-            le = "+Inf" if b == float("inf") else _fmt(b)
-            out.append(f"{name}_bucket{_labels((*lb, ('le', le)))} {c}")
-        out.append(f"{name}_sum{_labels(lb)} {total!r}")
-        out.append(f"{name}_count{_labels(lb)} {cum[-1]}")
-    return out
+    def set_wal_bytes(self, n: int) -> None:
+        """For a store whose WAL is not a file beside it; the first call exports the gauge."""
+        if not self._wal_registered:
+            self.registry.register(self._wal)
+            self._wal_registered = True
+        self._wal.set(n)
 
+    def set_model_version(self, version: str) -> None:
+        if version != self._model_version:
+            if self._model_version is not None:
+                self._model.remove(self._model_version)
+            self._model.labels(version).set(1)
+            self._model_version = version
 
-def _cumulative(counts: list[int]) -> list[int]:
-    out, total = [], 0
-    for c in counts:
-        total += c
-        out.append(total)
-    return out
+    def watch(self, pool: WorkerPool) -> WorkerCollector:
+        """The pool's figures join this registry (once)."""
+        if self.workers is None:
+            self.workers = WorkerCollector(pool)
+            self.registry.register(self.workers)
+        return self.workers
 
-
-# Worker histograms and what they measure, exported as recgen_worker_<name>.
-WORKER_HISTOGRAMS = {
-    "rank_queue_seconds": "time a rank request waited for its batch",
-    "rank_batch_size": "requests per rank batch",
-    "foldin_seconds": "fold-in solve per batch",
-    "retrieval_seconds": "FAISS search per batch",
-    "scoring_seconds": "ONNX scoring per batch",
-    "ttft_seconds": "time to the first text piece of a generation",
-    "time_per_token_seconds": "mean time per generated token of a generation",
-}
-
-
-async def _worker_stats(pool: WorkerPool) -> list[worker_pb2.StatsResponse]:
-    async def one(w) -> worker_pb2.StatsResponse | None:  # type: ignore[no-untyped-def]
-        if not w.healthy or w.stub is None:
-            return None
-        try:
-            return await w.stub.Stats(worker_pb2.StatsRequest(), timeout=1.0)
-        except grpc.aio.AioRpcError:
-            return None
-
-    return [s for s in await asyncio.gather(*(one(w) for w in pool.workers)) if s is not None]
+    async def exposition(self) -> bytes:
+        """The Prometheus text format, after asking the workers for their Stats."""
+        if self.workers is not None:
+            await self.workers.refresh()
+        return generate_latest(self.registry)
 
 
 async def render(gm: GatewayMetrics, pool: WorkerPool, model_version: str) -> str:
-    lines: list[str] = []
-    lines += _counter(
-        "recgen_requests_total", "public rpcs by method and status code", sorted(gm.requests.items())
-    )
-    lines += _histogram(
-        "recgen_request_seconds",
-        "public rpc latency by method",
-        [(lb, h.bounds, _cumulative(h.counts), h.sum) for lb, h in sorted(gm.latency.items())],
-    )
-    lines += _gauge("recgen_in_flight_requests", "public requests being served", [((), gm.in_flight)])
-    lines += _gauge("recgen_workers_healthy", "workers in rotation", [((), pool.healthy_count)])
-    lines += _counter("recgen_worker_restarts_total", "worker processes restarted", [((), pool.restarts)])
-    lines += _gauge(
-        "recgen_model_info", "the model version served (value 1)", [((("version", model_version),), 1)]
-    )
-
-    stats = await _worker_stats(pool)
-    lines += _gauge(
-        "recgen_worker_queue_depth",
-        "rank requests waiting, summed over workers",
-        [((), sum(s.queue_depth for s in stats))],
-    )
-    counters: dict[str, float] = defaultdict(float)
-    hists: dict[str, tuple[tuple[float, ...], list[int], float]] = {}
-    for s in stats:
-        for k, v in s.counters.items():
-            counters[k] += v
-        for k, h in s.histograms.items():
-            bounds = tuple(h.bounds)
-            prev = hists.get(k)
-            if prev is None:
-                hists[k] = (bounds, list(h.counts), h.sum)
-            elif prev[0] == bounds:
-                hists[k] = (bounds, [a + b for a, b in zip(prev[1], h.counts, strict=True)], prev[2] + h.sum)
-    lines += _counter(
-        "recgen_worker_events_total",
-        "worker counters summed over workers (rank_requests, llm_decode_steps, ...)",
-        [((("name", k),), v) for k, v in sorted(counters.items())],
-    )
-    for name, help_ in WORKER_HISTOGRAMS.items():
-        if name in hists:
-            b, c, total = hists[name]
-            lines += _histogram(f"recgen_worker_{name}", help_, [((), b, c, total)])
-    return "\n".join(lines) + "\n"
+    """One scrape: the gateway's series and its workers', in the Prometheus text format."""
+    gm.watch(pool)
+    gm.set_model_version(model_version)
+    return (await gm.exposition()).decode()

@@ -1,7 +1,11 @@
 """A minimal HTTP endpoint for Prometheus: GET /metrics, nothing else.
 
 asyncio streams, one request per connection; enough for a scraper and curl,
-no web framework on the serving path.
+no web framework on the serving path. What it serves is rendered by
+server/metrics.py (prometheus_client's text format); prometheus_client's own
+HTTP server is not used because a scrape first awaits the workers' Stats rpcs
+on this event loop. The content type is the classic text format 0.0.4, which
+every Prometheus 2.x reads (every name here is a legacy-valid name).
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 LOG = logging.getLogger(__name__)
 
@@ -23,7 +29,7 @@ async def start_metrics_server(host: str, port: int, render: Callable[[], Awaita
             if len(parts) >= 2 and parts[0] == "GET" and parts[1].split("?")[0] == "/metrics":
                 body = (await render()).encode()
                 head = (
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                    f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_PLAIN_0_0_4}\r\n"
                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
                 )
             else:

@@ -154,7 +154,7 @@ def finetune(
     if progress:
         from tqdm import tqdm
 
-        steps = tqdm(steps, desc="LLM fine-tune", unit="step")
+        steps = tqdm(steps, desc="LLM fine-tune", unit="step", disable=None)
     t0 = time.perf_counter()
     try:
         for step in steps:

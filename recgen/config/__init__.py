@@ -4,8 +4,11 @@ One frozen dataclass per command (recgen/config/serve.py, worker.py,
 export.py): each field is one setting, its default the only default, its
 metadata the flag's help. The CLI's parsers are generated from them and the
 configs validate themselves once, when built (recgen/config/flags.py also maps
-RECGEN_<FLAG> variables onto the same fields: flag, then variable, then
-default). ExportConfig is imported from recgen.config.export, not from here,
+RECGEN_<FLAG> variables and the optional TOML config file, recgen/config/file.py,
+onto the same fields: flag, then variable, then file, then default; secrets are
+refused on the command line). recgen/config/table.py prints every setting as
+README.md's table; recgen/config/common.py holds the settings of every
+subcommand (logging, tracing). ExportConfig is imported from recgen.config.export, not from here,
 so that the gateway and the workers never load the export code.
 
 Why stdlib dataclasses + argparse and not pydantic-settings: the issue asks

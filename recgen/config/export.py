@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.budget import parse_bytes
-from recgen.config.flags import ConfigError, setting
+from recgen.config.flags import ConfigError, holds_password, setting
 from recgen.promotion import DEFAULT_KEEP, DEFAULT_TOLERANCE
 
 
@@ -62,11 +62,11 @@ class ExportConfig:
         "catalog before exporting it; 0: zero-shot (see docs/llm.md for the cost)",
     )
     factors: int | None = setting(None, help="MF factors (default: tuned)")
-    iterations: int = setting(15)
+    iterations: int = setting(15, help="ALS iterations")
     reg: float | None = setting(None, help="ALS L2 (default: tuned)")
     alpha: float | None = setting(None, help="ALS confidence (default: tuned)")
     recall_target: float = setting(0.95, help="approximate-index recall@100 target (large catalogs)")
-    seed: int = setting(0)
+    seed: int = setting(0, help="random seed of the training, the split and the tuning")
     progress: bool = setting(True, name="--quiet", negate=True, help="no progress bars")
     # Bytes for the whole export; None: half the RAM (export/budget.py).
     max_memory: int | None = setting(
@@ -79,6 +79,7 @@ class ExportConfig:
     feedback: str | None = setting(
         None,
         metavar="STATE",
+        secret=holds_password,
         help="fold the gateway's logged feedback and live catalog changes into the training data "
         "(the serve --state value: a SQLite file or a postgresql:// URL)",
     )
@@ -109,6 +110,9 @@ class ExportConfig:
     )
     force: bool = setting(False, help="promote even if the quality gate refuses")
     keep: int = setting(DEFAULT_KEEP, help="versions kept (plus serving + rollbacks)")
+    progress_bar: bool = setting(
+        False, name="--progress", help="the overall progress bar even when stderr is not a terminal"
+    )
 
     # No flag: set by tests and tools.
     exact_max_items: int | None = None  # None: export/index.py's EXACT_MAX_ITEMS

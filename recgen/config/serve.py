@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from recgen.config.flags import ConfigError, nested, setting
+from recgen.config.flags import ConfigError, holds_password, nested, setting
 from recgen.config.worker import WorkerConfig
+
+# Not 9100 (node_exporter's, often taken on the same host): 9464 is the port OpenTelemetry's
+# Prometheus exporter uses by default, rarely taken otherwise.
+DEFAULT_METRICS_PORT = 9464
 
 
 def network_addresses(values: tuple[str, ...]) -> list[str]:
@@ -25,8 +29,8 @@ def network_addresses(values: tuple[str, ...]) -> list[str]:
 class ServeConfig:
     # --models, --version and the local workers' tuning (--threads, --max-seqs, ...).
     worker: WorkerConfig = nested(WorkerConfig)
-    host: str = setting("127.0.0.1")
-    port: int = setting(50051)
+    host: str = setting("127.0.0.1", help="address of the public gRPC port (0.0.0.0: every interface)")
+    port: int = setting(50051, help="the public gRPC port (0: any free port, printed when serving)")
     workers: int = setting(2, help="local worker processes")
     shards: int = setting(
         1,
@@ -55,7 +59,9 @@ class ServeConfig:
     )
     state: str = setting(
         "var/state.db",
-        help="state store: a SQLite file, or postgresql://USER@HOST/DB for several gateways on shared state",
+        secret=holds_password,
+        help="state store: a SQLite file, or postgresql://USER@HOST/DB for several gateways on shared state "
+        "(a URL with a password: RECGEN_STATE or --state-file, never this flag)",
     )
     synchronous: str = setting(
         "FULL",
@@ -87,16 +93,31 @@ class ServeConfig:
         False, help="with --auth-tokens, server reflection (v1 and v1alpha) needs a token too"
     )
     feedback_rate: float = setting(50.0, help="SendFeedback events per second per user (0: no limit)")
-    feedback_burst: float = setting(200.0)
-    metrics_port: int | None = setting(
-        None, help="serve Prometheus metrics on this HTTP port (0: any free port)"
+    feedback_burst: float = setting(200.0, help="SendFeedback events a user may send at once above the rate")
+    metrics: bool = setting(True, both=True, help="serve Prometheus metrics over HTTP")
+    metrics_port: int = setting(
+        DEFAULT_METRICS_PORT,
+        help="the metrics HTTP port (0: any free port); if 9464 is taken and was not asked for, "
+        "serve goes on without metrics",
+    )
+    metrics_host: str | None = setting(
+        None, help="the metrics HTTP address (default: --host, itself 127.0.0.1 unless set)"
+    )
+    access_log: bool = setting(
+        True, both=True, help="one INFO line per call (failures: WARNING) on the recgen.access logger"
     )
     log_user_ids: bool = setting(False, help="log raw user ids (default: keyed pseudonyms)")
-    log_salt: str | None = setting(None, help="key for user-id pseudonyms (default: random per start)")
+    log_salt: str | None = setting(
+        None,
+        secret=bool,
+        help="key for user-id pseudonyms, to keep them across restarts (default: random per start)",
+    )
     max_in_flight: int = setting(256, help="admission limit; excess gets RESOURCE_EXHAUSTED")
     max_connection_age_s: float = setting(
         300.0,
-        help="close (GOAWAY) each client connection after this age so load balancers re-balance (0: never)",
+        help="close (GOAWAY) each client connection after this age so load balancers re-balance; at most "
+        "half of --grace, so that a SIGTERM drain moves every client off first (0: never, and then a "
+        "drain can end calls CANCELLED)",
     )
     max_connection_age_grace_s: float = setting(
         30.0, help="time calls in flight on an aged connection get to finish"
@@ -142,8 +163,9 @@ class ServeConfig:
             )
         if min(self.max_connection_age_s, self.max_connection_age_grace_s) < 0:
             raise ConfigError("--max-connection-age-s and --max-connection-age-grace-s must be >= 0")
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"--port {self.port}: expected 0..65535")
+        for name in ("port", "metrics_port"):
+            if not 0 <= getattr(self, name) < 65536:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected 0..65535")
         for name in ("user_cache", "rank_batch", "grace", "feedback_rate", "feedback_burst"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")

@@ -30,7 +30,9 @@ def test_gateway_and_workers_log_json_lines(model_root: Path, tmp_path: Path) ->
         log_dir=tmp_path,
     ) as gw:
         with grpc.insecure_channel(gw.target) as ch:
-            pbg.RecommenderStub(ch).Recommend(pb.RecommendRequest(user_id="u1", k=3), timeout=30)
+            pbg.RecommenderStub(ch).Recommend(
+                pb.RecommendRequest(user_id="u1", k=3), metadata=[("x-request-id", "json-1")], timeout=30
+            )
         workers = {pid for pid, _ in gw.worker_addresses()}
     log = (tmp_path / "serve.log").read_text().splitlines()
     # The harness heads the file with "=== <command>"; everything else is the processes' stderr.
@@ -44,3 +46,9 @@ def test_gateway_and_workers_log_json_lines(model_root: Path, tmp_path: Path) ->
     assert len(workers) == 2
     pids = {r.get("process") or r.get("pid") for r in records}
     assert workers <= pids, f"worker processes {workers} logged nothing as JSON (pids seen: {pids})"
+    # The access line: its fields as JSON keys, the caller's request id among them.
+    access = [r for r in records if r["logger"] == "recgen.access"]
+    assert len(access) == 1, access
+    assert access[0]["request_id"] == "json-1" and access[0]["code"] == "OK"
+    assert access[0]["method"] == "Recommend" and access[0]["k"] == 3
+    assert access[0]["user"].startswith("u:") and access[0]["duration_ms"] > 0

@@ -237,7 +237,7 @@ def test_workers_on_other_hosts_over_tls_survive_a_cut_link_and_a_killed_worker(
         "gw", "-m", "recgen.cli", "serve", "--models", str(model_root), "--port", "0", "--workers", "0",
         "--worker-address", f"dns:///{NAME}:{PORT}", "--worker-tls-ca", str(pki / "ca.pem"),
         "--worker-tls-cert", str(pki / "gateway.pem"), "--worker-tls-key", str(pki / "gateway.key"),
-        "--state", str(tmp_path / "s.db"),
+        "--state", str(tmp_path / "s.db"), "--no-metrics",
         stdout=subprocess.PIPE, stderr=glog.path.open("a"), text=True,
     )  # fmt: skip
     assert gateway.stdout is not None

@@ -16,6 +16,7 @@ import pytest
 
 from recgen import cli
 from recgen.config import ConfigError, ServeConfig, WorkerConfig
+from recgen.config.common import GLOBALS
 from recgen.config.export import ExportConfig
 from recgen.config.flags import env_names, from_args
 from server.workers import Worker, local_worker_argv
@@ -26,8 +27,11 @@ CONFIGS = {"serve": ServeConfig, "worker": WorkerConfig, "export": ExportConfig}
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No RECGEN_* variable of the shell running the tests leaks into these."""
-    for name in env_names(ServeConfig) | env_names(WorkerConfig) | env_names(ExportConfig):
-        monkeypatch.delenv(name, raising=False)
+    names = env_names(ServeConfig) | env_names(WorkerConfig) | env_names(ExportConfig)
+    for name in names | {g.env for g in GLOBALS} | {"RECGEN_CONFIG"}:
+        # Set, then deleted: monkeypatch then also removes what a test (cli.main) sets itself.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 def config(*argv: str):
@@ -209,6 +213,7 @@ SERVE_WORKER_FLAGS = [
     "--max-seqs", "8",
     "--max-new-tokens", "20",
     "--watch-interval", "0.25",
+    "--worker-max-rss", "900",
 ]  # fmt: skip
 
 
@@ -261,6 +266,7 @@ def test_worker_config_round_trips_through_the_worker_parser_field_by_field() ->
         max_new_tokens=12,
         shard=(2, 4),
         watch_interval=0.0,
+        max_rss=512,
         parent_pid=4242,
         tls_cert="/tls/w.crt",
         tls_key="/tls/w.key",
@@ -322,3 +328,111 @@ def test_faiss_loader_noise_is_not_logged_at_info(fmt: str):
     code = code.replace("'INFO'", "'DEBUG'")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     assert "faiss.loader" in err  # DEBUG still shows it: the test can tell
+
+
+# ---------------------------------------------------------------- config file, secrets, defaults
+
+
+def file_config(*argv: str):
+    """As `config`, with --config FILE found in argv (as cli.main does)."""
+    args = cli.build_parser(list(argv)).parse_args(list(argv))
+    return from_args(CONFIGS[args.command], args), args
+
+
+def test_config_file_sits_between_variables_and_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = tmp_path / "recgen.toml"
+    toml.write_text(
+        'log_format = "json"\n'
+        "[serve]\nport = 6000\nworkers = 3\nworker_address = ['unix:/a', 'unix:/b']\nmetrics = false\n"
+        "[worker]\nmax_seqs = 4\nmax_delay_ms = 1\n"
+    )
+    monkeypatch.setenv("RECGEN_WORKERS", "5")
+    cfg, args = file_config("--config", str(toml), "serve", "--models", "m", "--port", "7000")
+    assert cfg.port == 7000  # flag beats file
+    assert cfg.workers == 5  # variable beats file
+    assert cfg.worker.max_seqs == 4 and cfg.worker.max_delay_ms == 1.0  # file beats default
+    assert cfg.worker_address == ("unix:/a", "unix:/b") and cfg.metrics is False
+    assert cfg.host == "127.0.0.1"  # default
+    assert args.log_format == "json"  # a global setting, top level in the file
+    monkeypatch.setenv("RECGEN_CONFIG", str(toml))  # the variable names the file too
+    assert file_config("serve", "--models", "m")[0].port == 6000
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[serve]\nmax_seq = 4\n", "[serve] max_seq: no such setting"),
+        ("[worker]\nmax_seq = 4\n", "did you mean max_seqs?"),
+        ("[serving]\nport = 1\n", "unknown section [serving]"),
+        ("[serve]\nport = 'http'\n", "[serve] port = 'http' (for --port): expected an integer"),
+        ("[serve]\nport = 1.5\n", "expected int"),
+        ("[serve\n", "not valid TOML"),
+    ],
+)
+def test_a_bad_config_file_is_an_error_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, says: str
+) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text(text)
+    assert says in usage_error(capsys, "--config", str(toml), "serve", "--models", "m")
+
+
+def test_a_password_on_the_command_line_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = "postgresql://app:s3cret@db/recgen"
+    err = usage_error(capsys, "serve", "--models", "m", "--state", url)
+    assert "RECGEN_STATE" in err and "--state-file" in err and "s3cret" not in err
+    assert "s3cret" not in usage_error(capsys, "export", "--models", "m", "--feedback", url)
+    assert "RECGEN_LOG_SALT" in usage_error(capsys, "serve", "--models", "m", "--log-salt", "pepper")
+    # Without a password the flag is fine; with one, the variable and the file are.
+    assert config("serve", "--models", "m", "--state", "postgresql://app@db/recgen").state.endswith(
+        "@db/recgen"
+    )
+    secret = tmp_path / "state-url"
+    secret.write_text(url + "\n")
+    assert config("serve", "--models", "m", "--state-file", str(secret)).state == url
+    monkeypatch.setenv("RECGEN_STATE", url)
+    monkeypatch.setenv("RECGEN_LOG_SALT", "pepper")
+    cfg = config("serve", "--models", "m")
+    assert (cfg.state, cfg.log_salt) == (url, "pepper")
+    monkeypatch.delenv("RECGEN_STATE")
+    monkeypatch.setenv("RECGEN_STATE_FILE", str(secret))
+    assert config("serve", "--models", "m").state == url
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--help"])
+    help_text = capsys.readouterr().out
+    assert (
+        "s3cret" not in help_text
+        and "pepper" not in help_text
+        and "(now set by RECGEN_STATE_FILE)" in help_text
+    )
+    err = usage_error(capsys, "serve", "--models", "m", "--state", "a.db", "--state-file", str(secret))
+    assert "give one of them" in err
+    assert "no-such" in usage_error(
+        capsys, "serve", "--models", "m", "--state-file", str(tmp_path / "no-such")
+    )
+
+
+def test_metrics_and_the_access_log_are_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = config("serve", "--models", "m")
+    assert cfg.metrics and cfg.metrics_port == 9464 and cfg.metrics_host is None and cfg.host == "127.0.0.1"
+    assert cfg.access_log
+    assert not config("serve", "--models", "m", "--no-metrics").metrics
+    assert not config("serve", "--models", "m", "--no-access-log").access_log
+    monkeypatch.setenv("RECGEN_ACCESS_LOG", "off")
+    assert not config("serve", "--models", "m").access_log
+    assert config("serve", "--models", "m", "--access-log").access_log  # the flag beats the variable
+
+
+def test_readme_lists_every_setting() -> None:
+    """README.md's settings block is exactly what the generator prints from the dataclasses."""
+    from recgen.config.table import block, table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert block(readme) == table(), "run `python -m recgen.config.table --write README.md`"
+    for cls in CONFIGS.values():
+        for name in env_names(cls):
+            assert f"`{name}`" in readme, name

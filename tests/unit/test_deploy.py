@@ -259,6 +259,75 @@ def test_max_connection_age_is_set_on_the_public_port() -> None:
     assert 0 < cfg.max_connection_age_s and cfg.max_connection_age_grace_s >= cfg.grace
 
 
+def test_gateway_pods_are_scraped_on_their_metrics_port() -> None:
+    gw = by_kind("Deployment")["recgen-gateway"]
+    notes = gw["spec"]["template"]["metadata"]["annotations"]
+    assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/path"] == "/metrics"
+    ports = {p["name"]: p["containerPort"] for p in pod(gw)["containers"][0]["ports"]}
+    assert int(notes["prometheus.io/port"]) == ports["metrics"]
+    args = container_args(gw)
+    cfg = from_args(ServeConfig, build_parser().parse_args(args))
+    assert cfg.metrics_port == ports["metrics"]
+
+
+def test_prometheus_scrape_job_keeps_annotated_pods_on_their_port() -> None:
+    """The ConfigMap's scrape job, its relabelling applied as Prometheus would (anchored RE2
+    regexes, `;`-joined source labels) to a gateway pod and to a worker pod."""
+    (job,) = yaml.safe_load(by_kind("ConfigMap")["recgen-prometheus"]["data"]["recgen-scrape.yml"])
+    sd = job["kubernetes_sd_configs"][0]
+    assert sd["role"] == "pod" and sd["namespaces"]["names"] == [by_kind("Namespace").popitem()[0]]
+    assert job["scrape_timeout"] <= job["scrape_interval"]
+
+    def relabel(meta: dict[str, str]) -> dict[str, str] | None:
+        labels = dict(meta)
+        for r in job["relabel_configs"]:
+            joined = ";".join(labels.get(k, "") for k in r["source_labels"])
+            m = re.fullmatch(r.get("regex", "(.*)"), joined)
+            if r.get("action", "replace") == "keep":
+                if m is None:
+                    return None
+            elif m is not None:
+                labels[r["target_label"]] = m.expand(r.get("replacement", "$1").replace("$", "\\"))
+        return labels
+
+    gw = by_kind("Deployment")["recgen-gateway"]
+    notes = gw["spec"]["template"]["metadata"]["annotations"]
+    meta = {
+        "__address__": "10.1.2.3:50051",
+        "__metrics_path__": "/metrics-default",
+        "__meta_kubernetes_namespace": "recgen",
+        "__meta_kubernetes_pod_name": "recgen-gateway-abc",
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "recgen-gateway",
+    }
+    meta |= {
+        "__meta_kubernetes_pod_annotation_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in notes.items()
+    }
+    out = relabel(meta)
+    assert out is not None
+    assert out["__address__"] == f"10.1.2.3:{notes['prometheus.io/port']}"
+    assert out["__metrics_path__"] == "/metrics" and out["pod"] == "recgen-gateway-abc"
+    worker = by_kind("Deployment")["recgen-worker"]
+    assert "prometheus.io/scrape" not in worker["spec"]["template"]["metadata"].get("annotations", {})
+    assert relabel({"__address__": "10.1.2.4:50052"}) is None  # not annotated: not scraped
+
+
+def test_prometheus_files_are_valid_yaml_with_what_they_name() -> None:
+    prom = ROOT / "deploy" / "prometheus"
+    config = yaml.safe_load((prom / "scrape.yml").read_text())
+    for rel in config["rule_files"]:
+        assert (prom / rel).is_file(), rel
+    rules = yaml.safe_load((prom / "rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert ("alert" in rule) != ("record" in rule) and rule["expr"].strip(), rule
+            if "alert" in rule:
+                assert rule["labels"]["severity"] in {"critical", "warning"}
+                assert rule["annotations"]["summary"], rule["alert"]
+    board = json.loads((ROOT / "deploy" / "grafana" / "recgen.json").read_text())
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)) and board["uid"] and board["title"]
+
+
 # ---------------------------------------------------------------- Dockerfiles
 
 

@@ -228,8 +228,8 @@ class _Process:
 class Gateway(_Process):
     """`recgen serve --models M --port 0 --state S EXTRA` on a kernel-chosen port.
 
-    metrics=True adds --metrics-port 0 (then .url and .metrics()); host is passed as --host when
-    given; cli_args go before `serve` (e.g. ("--log-level", "WARNING")).
+    metrics=True adds --metrics-port 0 (then .url and .metrics()), else --no-metrics; host is passed
+    as --host when given; cli_args go before `serve` (e.g. ("--log-level", "WARNING")).
     """
 
     kind = "serve"
@@ -251,7 +251,10 @@ class Gateway(_Process):
     ) -> None:
         argv = ["-m", "recgen.cli", *cli_args, "serve", "--models", str(models)]
         argv += ["--host", host] if host else []
-        argv += ["--port", "0", *(["--metrics-port", "0"] if metrics else []), "--state", str(state), *extra]
+        # Metrics are on by default on port 9464: a test or benchmark gateway takes a free port when
+        # it wants them and turns them off otherwise, so gateways started side by side never collide.
+        scrape_flags = ["--metrics-port", "0"] if metrics else ["--no-metrics"]
+        argv += ["--port", "0", *scrape_flags, "--state", str(state), *extra]
         super().__init__(argv, name=name, log_dir=log_dir, root=root, environ=environ, prefix=prefix)
         self.models, self.state, self.extra = models, state, extra
         self.want_metrics, self.wait_health = metrics, wait_health
