@@ -60,8 +60,14 @@ class CatalogSync:
         self.repo = ModelRepository(models)
         self.pinned = version
         self.serving = self.repo.open(version, verify=False).name
-        self.base_ids = {it.item_id for it in self.repo.open(self.serving, verify=False).catalog()}
+        # item_id -> title of every item a serving version has held (the workers answer with ids
+        # and scores; the public reply's titles come from here and the log's upserts).
+        self.base_titles = {
+            it.item_id: it.title for it in self.repo.open(self.serving, verify=False).catalog()
+        }
+        self.base_ids = self.base_titles.keys()
         self.overlay: dict[str, bool] = {}  # item_id -> exists, from the change log
+        self.overlay_titles: dict[str, str] = {}  # item_id -> title of its last upsert in the log
         self.seq = 0  # last change folded into the view
         self.worker_seq: dict[str, int] = {}  # worker name -> last change it confirmed
         self._write_lock = asyncio.Lock()
@@ -73,6 +79,11 @@ class CatalogSync:
             return False
         return self.overlay.get(item_id, item_id in self.base_ids)
 
+    def title(self, item_id: str) -> str:
+        """The item's title: its last upsert's, else the newest serving version's ("" if unknown)."""
+        t = self.overlay_titles.get(item_id)
+        return t if t is not None else self.base_titles.get(item_id, "")
+
     def ever_known(self, item_id: str) -> bool:
         return item_id in self.overlay or item_id in self.base_ids
 
@@ -81,6 +92,8 @@ class CatalogSync:
             if ch.seq <= self.seq:
                 continue
             self.overlay[ch.item_id] = ch.op != "DELETE"
+            if ch.op != "DELETE":
+                self.overlay_titles[ch.item_id] = ch.title
             self.seq = ch.seq
 
     async def load(self) -> None:
@@ -168,10 +181,13 @@ class CatalogSync:
         try:
             name = self.repo.serving()
             if name != self.serving:
-                ids = {it.item_id for it in self.repo.open(name, verify=False).catalog()}
+                titles = {it.item_id: it.title for it in self.repo.open(name, verify=False).catalog()}
                 # Union: workers switch one by one, and feedback on an item either
-                # version knows is meaningful; DeleteItems is how items leave.
-                self.base_ids |= ids
+                # version knows is meaningful; DeleteItems is how items leave. The new
+                # version's titles win (a new dict: the event loop reads the old one meanwhile).
+                self.base_titles = {**self.base_titles, **titles}
+                self.base_ids = self.base_titles.keys()
+                ids = titles
                 LOG.info("serving pointer moved %s -> %s: %d items known", self.serving, name, len(ids))
                 self.serving = name
         except (RepositoryError, OSError, ValueError) as e:

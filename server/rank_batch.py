@@ -1,22 +1,23 @@
-"""Coalescing the gateway's Rank calls: one RankBatch RPC carries many of them.
+"""Coalescing the gateway's Rank calls: one packed RankRows RPC carries many of them.
 
 Each gRPC call costs both Python ends a fixed amount of CPU (call objects,
 callbacks, the event loop), which at saturation costs more than the ranking
-itself (docs/bench.md, section 2). So concurrent Rank calls to the same
-worker queue here and leave together: a lane (one per worker) sends what is
-waiting as soon as it has a free slot — at most `max_in_flight` batch RPCs
-per worker at a time — so the batches form while the previous ones are being
-answered, and a request on an idle lane waits for no timer, only for the
-current turn of the event loop to end.
+itself (docs/bench.md). So concurrent rank requests to the same worker queue
+here and leave together: a lane (one per worker) sends what is waiting as
+soon as it has a free slot — at most `max_in_flight` batch RPCs per worker at
+a time — so the batches form while the previous ones are being answered
+(busy: batches grow), and a request on an idle lane waits for no timer, only
+for the current turn of the event loop to end (idle: no wait). This is the
+rank path's one batching point: the worker ranks each batch as one unit.
 
-Each request keeps its own outcome: the worker answers every request with
-the status its own Rank call would have had, and a failure of the whole RPC
+Each request keeps its own outcome: the worker answers every row with the
+status its own Rank call would have had, and a failure of the whole RPC
 (UNAVAILABLE, a deadline) reaches every request in it as that RPC error, so
 `WorkerCalls.call_worker` (server/worker_calls.py) retries each on another
 worker as before.
 
 What it does not do: choose workers (the caller passes the one it picked),
-retry, or change any request. A worker that does not know RankBatch (an
+retry, or change any request. A worker that does not know RankRows (an
 older remote one) gets plain Rank calls from then on.
 """
 
@@ -31,22 +32,34 @@ from dataclasses import dataclass, field
 import grpc
 
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.ranked import Ranked, from_rank_response, rank_request, rpc_error, unpack
 from server.workers import Worker
 
 LOG = logging.getLogger(__name__)
 
-_CODES = {c.value[0]: c for c in grpc.StatusCode}
+__all__ = ["RankBatcher", "rank_alone", "rpc_error"]
 
 
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    """The error one request's own Rank call would have raised."""
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+async def rank_alone(worker: Worker, row: wpb.RankRow, timeout: float | None) -> Ranked:
+    """One row in its own RankRows call (a gateway without the batcher), or a plain Rank
+    call to a worker from before RankRows."""
+    assert worker.stub is not None
+    try:
+        reply = await worker.stub.RankRows(wpb.RankRowsRequest(rows=[row]), timeout=timeout)
+    except grpc.aio.AioRpcError as e:
+        if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+        return from_rank_response(await worker.stub.Rank(rank_request(row), timeout=timeout))
+    (out,) = unpack(reply, 1)
+    if isinstance(out, BaseException):
+        raise out
+    return out
 
 
 @dataclass
 class _Waiting:
-    request: wpb.RankRequest
-    future: asyncio.Future[wpb.RankResponse]
+    row: wpb.RankRow
+    future: asyncio.Future[Ranked]
     deadline: float | None  # time.monotonic() seconds
 
 
@@ -56,7 +69,7 @@ class _Lane:
     waiting: deque[_Waiting] = field(default_factory=deque)
     in_flight: int = 0  # batch RPCs sent and not yet answered
     scheduled: bool = False  # a send is queued for the end of this loop turn
-    batched: bool = True  # False once the worker answered RankBatch with UNIMPLEMENTED
+    batched: bool = True  # False once the worker answered RankRows with UNIMPLEMENTED
 
 
 class RankBatcher:
@@ -66,26 +79,45 @@ class RankBatcher:
         self.max_in_flight = max_in_flight
         self._lanes: dict[str, _Lane] = {}  # worker name -> lane
         self._tasks: set[asyncio.Task[None]] = set()
-        self.batches = 0  # RankBatch RPCs sent (for tests and the benchmark)
+        self.batches = 0  # RankRows RPCs sent (for tests and the benchmark)
         self.requests = 0
 
-    async def rank(self, worker: Worker, request: wpb.RankRequest, timeout: float | None) -> wpb.RankResponse:
+    async def rank(self, worker: Worker, row: wpb.RankRow, timeout: float | None) -> Ranked:
         lane = self._lanes.get(worker.name)
         if lane is None:
             lane = self._lanes[worker.name] = _Lane(worker)
         lane.worker = worker  # a restarted worker is a new object with a new channel
         if not lane.batched:
             assert worker.stub is not None
-            return await worker.stub.Rank(request, timeout=timeout)
+            return from_rank_response(await worker.stub.Rank(rank_request(row), timeout=timeout))
         loop = asyncio.get_running_loop()
-        waiting = _Waiting(
-            request, loop.create_future(), None if timeout is None else time.monotonic() + timeout
-        )
+        waiting = _Waiting(row, loop.create_future(), None if timeout is None else time.monotonic() + timeout)
         lane.waiting.append(waiting)
         self._schedule(lane)
         # A caller cancelled (its own deadline, its client gone) cancels this
         # future: a batch not yet sent leaves the request out.
         return await waiting.future
+
+    def enqueue(
+        self, worker: Worker, rows: list[wpb.RankRow], timeout: float | None
+    ) -> list[asyncio.Future[Ranked]]:
+        """Queue rows for `worker` (a RecommendBatch's many users): one future each, no task.
+        A worker without RankRows answers them one by one with plain Rank calls."""
+        lane = self._lanes.get(worker.name)
+        if lane is None:
+            lane = self._lanes[worker.name] = _Lane(worker)
+        lane.worker = worker
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = [_Waiting(r, loop.create_future(), deadline) for r in rows]
+        if lane.batched:
+            lane.waiting.extend(waiting)
+            self._schedule(lane)
+        else:
+            task = loop.create_task(self._one_by_one(worker, waiting))
+            self._tasks.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._tasks.discard)
+        return [w.future for w in waiting]
 
     def _schedule(self, lane: _Lane) -> None:
         if lane.scheduled or lane.in_flight >= self.max_in_flight or not lane.waiting:
@@ -120,27 +152,24 @@ class RankBatcher:
             assert worker.stub is not None
             self.batches += 1
             self.requests += len(batch)
-            reply = await worker.stub.RankBatch(
-                wpb.RankBatchRequest(requests=[w.request for w in batch]), timeout=timeout
+            reply = await worker.stub.RankRows(
+                wpb.RankRowsRequest(rows=[w.row for w in batch]), timeout=timeout
             )
-            if len(reply.outcomes) != len(batch):
-                raise RuntimeError(f"RankBatch of {len(batch)} answered {len(reply.outcomes)} outcomes")
-            for w, outcome in zip(batch, reply.outcomes, strict=True):
-                if outcome.code == 0:
-                    _settle(w, result=outcome.response)
+            for w, out in zip(batch, unpack(reply, len(batch)), strict=True):
+                if isinstance(out, BaseException):
+                    _settle(w, error=out)
                 else:
-                    code = _CODES.get(outcome.code, grpc.StatusCode.UNKNOWN)
-                    _settle(w, error=rpc_error(code, outcome.message))
+                    _settle(w, result=out)
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                LOG.warning("worker %s has no RankBatch: plain Rank calls from now on", worker.name)
+                LOG.warning("worker %s has no RankRows: plain Rank calls from now on", worker.name)
                 lane.batched = False
                 await self._one_by_one(worker, batch)
             else:
                 for w in batch:
                     _settle(w, error=e)
         except Exception as e:  # a bug: fail these requests (INTERNAL), never strand them
-            LOG.exception("RankBatch to %s failed", worker.name)
+            LOG.exception("RankRows to %s failed", worker.name)
             for w in batch:
                 _settle(w, error=e)
         finally:
@@ -154,12 +183,14 @@ class RankBatcher:
                 continue
             timeout = None if w.deadline is None else max(0.001, w.deadline - time.monotonic())
             try:
-                _settle(w, result=await worker.stub.Rank(w.request, timeout=timeout))
+                _settle(
+                    w, result=from_rank_response(await worker.stub.Rank(rank_request(w.row), timeout=timeout))
+                )
             except grpc.aio.AioRpcError as e:
                 _settle(w, error=e)
 
 
-def _settle(w: _Waiting, result: wpb.RankResponse | None = None, error: BaseException | None = None) -> None:
+def _settle(w: _Waiting, result: Ranked | None = None, error: BaseException | None = None) -> None:
     """Answer one waiting caller, unless it has gone (cancelled) meanwhile."""
     if w.future.done():
         return

@@ -16,25 +16,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Container
 
 import grpc
 
+from recgen import tracing
+from recgen.logs import request_id
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.access_log import RequestIds
 from server.bulk_import import ImportCall, batch_from_pb
 from server.catalog import CatalogSync
 from server.errors import NotFound, Overloaded
 from server.feedback import HISTORY_CAP, history_events
 from server.privacy import UserIdPolicy
 from server.rank_batch import RankBatcher
+from server.ranked import Ranked
 from server.ratelimit import RateLimiter
 from server.state import Event, StateStore, UserState
 from server.user_state_cache import UserStateCache
 from server.validation import (
     InvalidArgument,
+    Recommendation,
     catalog_items_from_pb,
     feedback_from_pb,
     item_ids_from_pb,
@@ -43,7 +47,7 @@ from server.validation import (
     user_id_from_pb,
 )
 from server.worker_calls import Prepared, WorkerCalls
-from server.workers import WorkerPool
+from server.workers import NoWorkerAvailable, WorkerPool
 
 LOG = logging.getLogger(__name__)
 
@@ -53,6 +57,34 @@ _TEXT_STATUS = {
     wpb.STOP_REASON_UNGROUNDED: pb.TEXT_STATUS_UNGROUNDED,
     wpb.STOP_REASON_DEADLINE: pb.TEXT_STATUS_CUT_SHORT,
 }
+
+
+MAX_BATCH_USERS = 256  # requests per RecommendBatch
+
+
+def _no_title(item_id: str) -> str:
+    return ""
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _failed(code: grpc.StatusCode, message: str) -> pb.RecommendBatchResult:
+    return pb.RecommendBatchResult(code=code.value[0], message=message)
+
+
+def _status_of(e: BaseException) -> tuple[grpc.StatusCode, str]:
+    """One RecommendBatch entry's failure as the status its own Recommend would have had."""
+    if isinstance(e, grpc.aio.AioRpcError):  # a worker's status passes through
+        return e.code(), e.details() or ""
+    if isinstance(e, NoWorkerAvailable):
+        return grpc.StatusCode.UNAVAILABLE, str(e)
+    if isinstance(e, asyncio.TimeoutError | asyncio.CancelledError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"
+    LOG.error("RecommendBatch entry failed", exc_info=e)
+    return grpc.StatusCode.INTERNAL, "internal error"
 
 
 class Admission:
@@ -94,6 +126,7 @@ class RecommenderService(pbg.RecommenderServicer):
         self.admission = Admission(max_in_flight)
         self.user_ids = user_ids or UserIdPolicy()
         self.feedback_limiter = feedback_limiter or RateLimiter(rate=0, burst=0)
+        self._request_ids = RequestIds()
 
     def _log_request(
         self, method: str, p: Prepared, t0: float, t_rank: float, resp: pb.RecommendResponse
@@ -127,16 +160,25 @@ class RecommenderService(pbg.RecommenderServicer):
     # ------------------------------------------------------------------ steps
 
     async def _prepare(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> Prepared:
-        req = recommendation_from_pb(request)
-        state = await self._user_state(req.user_id)
-        remaining = context.time_remaining()
+        with tracing.span("gateway.validate"):
+            req = recommendation_from_pb(request)
+        with tracing.span("gateway.state_read"):
+            state = await self._user_state(req.user_id)
+        return self._prepared(req, state, _deadline(context))
+
+    def _prepared(
+        self, req: Recommendation, state: UserState, deadline: float | None, entry: int | None = None
+    ) -> Prepared:
+        # The call's id (the caller's x-request-id, or the one the interceptor made: the same id
+        # is in the response headers and every log line); an entry of a batch gets "<id>/<n>".
+        rid = request_id.get() or self._request_ids.new()
         return Prepared(
             req=req,
-            request_id=uuid.uuid4().hex,
+            request_id=rid if entry is None else f"{rid}/{entry}",
             history=history_events(state.events),
             exclude=list(dict.fromkeys([*req.exclude_item_ids, *state.dismissed])),
             dismissed=list(state.dismissed),
-            deadline=None if remaining is None else time.monotonic() + remaining,
+            deadline=deadline,
             seen=list(state.seen),
             forgotten_at=state.forgotten_at,
         )
@@ -185,17 +227,23 @@ class RecommenderService(pbg.RecommenderServicer):
             if self.user_cache is not None:
                 self.user_cache.invalidate(user_id)
 
-    def _response(self, p: Prepared, ranked: wpb.RankResponse) -> pb.RecommendResponse:
+    def _response(self, p: Prepared, ranked: Ranked) -> pb.RecommendResponse:
+        """The public reply: the worker sent ids and scores, the titles are the gateway's."""
+        titles = ranked.titles
+        if titles is None:
+            title = self.live_catalog.title if self.live_catalog is not None else _no_title
+            titles = [title(i) for i in ranked.item_ids]
         return pb.RecommendResponse(
             request_id=p.request_id,
-            items=[pb.Item(item_id=i.item_id, title=i.title, score=i.score) for i in ranked.items],
+            items=[
+                pb.Item(item_id=i, title=t, score=s)
+                for i, t, s in zip(ranked.item_ids, titles, ranked.scores, strict=True)
+            ],
             model_version=ranked.model_version,
         )
 
-    def _log(self, p: Prepared, ranked: wpb.RankResponse) -> None:
-        self.store.queue_impression(
-            p.request_id, p.req.user_id, [i.item_id for i in ranked.items], ranked.model_version
-        )
+    def _log(self, p: Prepared, ranked: Ranked) -> None:
+        self.store.queue_impression(p.request_id, p.req.user_id, ranked.item_ids, ranked.model_version)
 
     @staticmethod
     def _finish(resp: pb.RecommendResponse, text: str, final: wpb.GenerateResponse) -> None:
@@ -223,9 +271,9 @@ class RecommenderService(pbg.RecommenderServicer):
             t_rank = time.perf_counter()
             resp = self._response(p, ranked)
             self._log(p, ranked)
-            if p.req.explain and ranked.items:
+            if p.req.explain and ranked.item_ids:
                 text, final = "", wpb.GenerateResponse()
-                async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
+                async for piece in self.worker_calls.text(p, ranked.item_ids):
                     text += piece.text
                     final = piece
                 self._finish(resp, text, final)
@@ -233,6 +281,56 @@ class RecommenderService(pbg.RecommenderServicer):
                 self._finish(resp, "", wpb.GenerateResponse(finished=True, reason="no items to present"))
             self._log_request("Recommend", p, t0, t_rank, resp)
             return resp
+
+    async def RecommendBatch(
+        self, request: pb.RecommendBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendBatchResponse:
+        """Many users in one call: each validated and answered alone (its own status), their
+        rows ranked in the worker batches with every other request (server/worker_calls.py)."""
+        reqs = request.requests
+        if len(reqs) > MAX_BATCH_USERS:
+            raise InvalidArgument(
+                f"at most {MAX_BATCH_USERS} requests per RecommendBatch, got {len(reqs)}", "requests"
+            )
+        with self.admission:
+            deadline = _deadline(context)
+            results: list[pb.RecommendBatchResult | None] = [None] * len(reqs)
+            todo: list[tuple[int, Recommendation]] = []
+            for i, r in enumerate(reqs):
+                try:
+                    req = recommendation_from_pb(r)
+                    if req.explain:
+                        raise InvalidArgument(
+                            "explain is not served by RecommendBatch (use Recommend or StreamRecommend)",
+                            f"requests[{i}].explain",
+                        )
+                except InvalidArgument as e:
+                    results[i] = _failed(grpc.StatusCode.INVALID_ARGUMENT, f"requests[{i}]: {e}")
+                    continue
+                todo.append((i, req))
+            states = await self._user_states([req.user_id for _, req in todo])
+            ps = [
+                self._prepared(req, st, deadline, entry=i) for (i, req), st in zip(todo, states, strict=True)
+            ]
+            outs = await self.worker_calls.rank_many(ps, deadline)
+            for (i, _), p, out in zip(todo, ps, outs, strict=True):
+                if isinstance(out, Ranked):
+                    self._log(p, out)
+                    results[i] = pb.RecommendBatchResult(response=self._response(p, out))
+                else:
+                    results[i] = _failed(*_status_of(out))
+            return pb.RecommendBatchResponse(results=[r for r in results if r is not None])
+
+    async def _user_states(self, user_ids: list[str]) -> list[UserState]:
+        """Every user's state: cache hits at once, the misses read from the store together."""
+        cache = self.user_cache
+        states: list[UserState | None] = [None if cache is None else cache.get(u) for u in user_ids]
+        missing = [i for i, st in enumerate(states) if st is None]
+        if missing:
+            read = await asyncio.gather(*(self._user_state(user_ids[i]) for i in missing))
+            for i, st in zip(missing, read, strict=True):
+                states[i] = st
+        return [st for st in states if st is not None]
 
     async def StreamRecommend(
         self, request: pb.StreamRecommendRequest, context: grpc.aio.ServicerContext
@@ -246,8 +344,8 @@ class RecommenderService(pbg.RecommenderServicer):
             self._log(p, ranked)
             yield pb.StreamRecommendResponse(items=first)
             text, final = "", wpb.GenerateResponse(finished=True, reason="no items to present")
-            if ranked.items:
-                async for piece in self.worker_calls.text(p, [i.item_id for i in ranked.items]):
+            if ranked.item_ids:
+                async for piece in self.worker_calls.text(p, ranked.item_ids):
                     if piece.text:
                         text += piece.text
                         yield pb.StreamRecommendResponse(text_piece=piece.text)

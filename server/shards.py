@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from recgen.core.shard_merge import Candidate, ShardAnswer, merge
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.ranked import Ranked
 
 
 class ShardMismatch(Exception):
@@ -21,27 +22,42 @@ def _answer(items: Sequence[wpb.RankedItem], pool: int = 0, demotion: float = 0.
     return ShardAnswer([Candidate(it.row, it.score, it.pool_key, it.near) for it in items], pool, demotion)
 
 
-def _one_version(responses: Sequence[wpb.RankResponse] | Sequence[wpb.SimilarResponse]) -> str:
+def _one_version(responses: Sequence[Ranked] | Sequence[wpb.SimilarResponse]) -> str:
     versions = {r.model_version for r in responses}
     if len(versions) > 1:
         raise ShardMismatch(f"shards answered from different model versions: {', '.join(sorted(versions))}")
     return versions.pop()
 
 
-def merge_rank(responses: Sequence[wpb.RankResponse], k: int) -> wpb.RankResponse:
-    """One RankResponse from every shard's, in shard order."""
-    version = _one_version(responses)
-    picked = merge([_answer(r.items, r.pool, r.demotion) for r in responses], k)
-    items = []
-    for s, i, score in picked:
-        it = responses[s].items[i]
-        items.append(wpb.RankedItem(item_id=it.item_id, title=it.title, score=score, row=it.row))
-    return wpb.RankResponse(
-        items=items,
-        model_version=version,
-        batch_size=max(r.batch_size for r in responses),
-        catalog_seq=min(r.catalog_seq for r in responses),  # the most behind shard decides a re-sync
+def _ranked_answer(r: Ranked) -> ShardAnswer:
+    n = len(r.item_ids)
+    rows = r.rows if r.rows is not None else [0] * n
+    keys = r.pool_keys if r.pool_keys is not None else [0.0] * n
+    near = r.near if r.near is not None else [0.0] * n
+    return ShardAnswer(
+        [Candidate(rows[i], r.scores[i], keys[i], near[i]) for i in range(n)], r.pool, r.demotion
     )
+
+
+def merge_rank(responses: Sequence[Ranked], k: int) -> Ranked:
+    """One answer from every shard's, in shard order."""
+    version = _one_version(responses)
+    picked = merge([_ranked_answer(r) for r in responses], k)
+    titles: list[str] | None = None if any(r.titles is None for r in responses) else []
+    out = Ranked(
+        [],
+        [],
+        version,
+        catalog_seq=min(r.catalog_seq for r in responses),  # the most behind shard decides a re-sync
+        batch_size=max(r.batch_size for r in responses),
+        titles=titles,
+    )
+    for s, i, score in picked:
+        out.item_ids.append(responses[s].item_ids[i])
+        out.scores.append(score)
+        if titles is not None:
+            titles.append(responses[s].titles[i])  # type: ignore[index]
+    return out
 
 
 def merge_similar(responses: Sequence[wpb.SimilarResponse], k: int) -> wpb.SimilarResponse:

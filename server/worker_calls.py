@@ -22,9 +22,11 @@ from typing import Any
 
 import grpc
 
+from recgen import tracing
 from recgen.worker.v1 import worker_pb2 as wpb
 from server.catalog import CatalogSync
-from server.rank_batch import RankBatcher
+from server.rank_batch import RankBatcher, rank_alone
+from server.ranked import Ranked
 from server.shards import ShardMismatch, merge_rank, merge_similar
 from server.validation import Recommendation
 from server.workers import NoWorkerAvailable, WorkerPool
@@ -79,9 +81,17 @@ class WorkerCalls:
             w.in_flight += 1
             try:
                 assert w.stub is not None
-                if method == "Rank" and self.rank_batcher is not None:
-                    return await self.rank_batcher.rank(w, msg, self.timeout(deadline))  # type: ignore[arg-type]
-                return await getattr(w.stub, method)(msg, timeout=self.timeout(deadline))
+                with tracing.span(
+                    "gateway.worker_call", kind=tracing.SpanKind.CLIENT, method=method, worker=w.name,
+                    attempt=attempt, shard=-1 if shard is None else shard,
+                ):  # fmt: skip
+                    if method == "Rank":  # a packed row (server/rank_batch.py)
+                        if tracing.enabled():  # the worker's spans hang under this attempt
+                            msg.traceparent = tracing.current_traceparent()  # type: ignore[attr-defined]
+                        if self.rank_batcher is not None:
+                            return await self.rank_batcher.rank(w, msg, self.timeout(deadline))  # type: ignore[arg-type]
+                        return await rank_alone(w, msg, self.timeout(deadline))  # type: ignore[arg-type]
+                    return await getattr(w.stub, method)(msg, timeout=self.timeout(deadline))
             except grpc.aio.AioRpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt + 1 == RANK_ATTEMPTS:
                     raise
@@ -114,10 +124,62 @@ class WorkerCalls:
             except ShardMismatch as e:
                 raise NoWorkerAvailable(str(e)) from e
 
-    async def rank(self, p: Prepared) -> wpb.RankResponse:
+    async def rank(self, p: Prepared) -> Ranked:
+        msg = self._row(p)
+        ranked: Ranked = await self.ask("Rank", msg, p.deadline)
+        live = self.live_catalog
+        if live is not None and ranked.catalog_seq < live.seq:
+            # A worker behind the catalog log (restarted behind our back) would miss
+            # upserts and deletes: bring it up, then ask again.
+            await live.resync_after(ranked.catalog_seq)
+            ranked = await self.ask("Rank", msg, p.deadline)
+        return ranked
+
+    async def rank_many(self, ps: list[Prepared], deadline: float | None) -> list[Ranked | BaseException]:
+        """A RecommendBatch's users: their rows spread over the healthy workers' batcher lanes at
+        once (futures, no task per user); a row whose worker was unreachable or behind the
+        catalog log is asked again alone, as `rank` would. Sharded catalogs and gateways without
+        the batcher rank each user with `rank`."""
+        batcher = self.rank_batcher
+        live_workers = [w for w in self.pool.workers if w.healthy and w.stub is not None]
+        if self.pool.shards > 1 or batcher is None or not live_workers:
+            return list(await asyncio.gather(*(self.rank(p) for p in ps), return_exceptions=True))
+        rows = [self._row(p) for p in ps]
+        per = -(-len(rows) // len(live_workers))  # ceil: one contiguous chunk per worker
+        futures: list[asyncio.Future[Ranked]] = []
+        used = []
+        for i, w in enumerate(live_workers):
+            chunk = rows[i * per : (i + 1) * per]
+            if chunk:
+                w.in_flight += len(chunk)
+                used.append((w, len(chunk)))
+                futures += batcher.enqueue(w, chunk, self.timeout(deadline))
+        try:
+            outs: list[Ranked | BaseException] = list(await asyncio.gather(*futures, return_exceptions=True))
+        finally:
+            for w, n in used:
+                w.in_flight -= n
+        live = self.live_catalog
+        again = [
+            i
+            for i, o in enumerate(outs)
+            if (isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.UNAVAILABLE)
+            or (isinstance(o, Ranked) and live is not None and o.catalog_seq < live.seq)
+        ]
+        if again:
+            redo = await asyncio.gather(*(self.rank(ps[i]) for i in again), return_exceptions=True)
+            for i, o in zip(again, redo, strict=True):
+                outs[i] = o
+        return outs
+
+    def _row(self, p: Prepared) -> wpb.RankRow:
+        """The request as one packed row of a RankRows batch."""
         c = p.req.context
-        msg = wpb.RankRequest(
-            history=[wpb.Interaction(item_id=i, weight=w, timestamp=t) for i, w, t in p.history],
+        h = p.history
+        return wpb.RankRow(
+            history_item_ids=[e[0] for e in h],
+            history_weights=[e[1] for e in h],
+            history_timestamps=[e[2] for e in h],
             exclude_item_ids=p.exclude,
             k=p.req.k,
             context=wpb.RankContext(
@@ -130,15 +192,8 @@ class WorkerCalls:
             forgotten_at=p.forgotten_at,
             seen_item_ids=p.seen,
             include_seen=p.req.include_seen,
+            traceparent=tracing.current_traceparent(),
         )
-        ranked: wpb.RankResponse = await self.ask("Rank", msg, p.deadline)
-        live = self.live_catalog
-        if live is not None and ranked.catalog_seq < live.seq:
-            # A worker behind the catalog log (restarted behind our back) would miss
-            # upserts and deletes: bring it up, then ask again.
-            await live.resync_after(ranked.catalog_seq)
-            ranked = await self.ask("Rank", msg, p.deadline)
-        return ranked
 
     async def text(self, p: Prepared, items: list[str]) -> AsyncIterator[wpb.GenerateResponse]:
         """Grounded text pieces, then one final message (always)."""

@@ -73,6 +73,7 @@ class EchoRecommender(pb_grpc.RecommenderServicer):
         self._plain = _answer(explain=False)
         self._explained = _answer(explain=True)
         self._items_event = pb.StreamRecommendResponse(items=self._plain)
+        self._batch_entry = pb.RecommendBatchResult(response=self._plain)
         self._piece_events = [pb.StreamRecommendResponse(text_piece=p) for p in _TEXT_PIECES]
         self._final_event = pb.StreamRecommendResponse(final=self._explained)
         self._stored = pb.SendFeedbackResponse(stored=True)
@@ -93,6 +94,12 @@ class EchoRecommender(pb_grpc.RecommenderServicer):
     ) -> pb.RecommendResponse:
         await self._service_time()
         return self._explained if request.explain else self._plain
+
+    async def RecommendBatch(
+        self, request: pb.RecommendBatchRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendBatchResponse:
+        await self._service_time()
+        return pb.RecommendBatchResponse(results=[self._batch_entry] * len(request.requests))
 
     async def StreamRecommend(self, request: pb.StreamRecommendRequest, context: grpc.aio.ServicerContext):
         await self._service_time()

@@ -28,6 +28,29 @@ LOG = logging.getLogger(__name__)
 
 RERANK_MIN = 50  # candidates the scorer sees per user, at least (room for context re-ranking)
 COLD_POOL = 1000  # most popular items a cold user's context may re-rank
+SORT_MAX = 256  # top_k sorts rows of at most this many columns whole
+DENSE_MAX = 4_000_000  # batch x items at most for exact retrieval by one matrix product (16 MB)
+# Above this many items the exact index (norm-bounded at 1M: ~2.4 ms a search) beats a product
+# over every item per request (83% of a worker's time at 1M items, docs/growth.md).
+DENSE_MAX_ITEMS = 200_000
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, C) scores -> (B, min(k, C)) column indices, best first, ties by column (exactly what
+    a stable argsort would give), for the whole batch at once: the k-th best value of each row
+    by one partition, every column above it plus the first tied ones, then only those sorted."""
+    n_rows, c = scores.shape
+    k = min(k, c)
+    if c <= SORT_MAX:  # a short row: one stable sort of the batch costs less than the steps below
+        return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (B, 1)
+    better = scores > kth
+    tied = scores == kth
+    need = k - better.sum(axis=1, keepdims=True)
+    chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))  # exactly k per row
+    cols = np.nonzero(chosen)[1].reshape(n_rows, k)  # ascending column within each row
+    top = np.take_along_axis(scores, cols, axis=1)
+    return np.take_along_axis(cols, np.lexsort((cols, -top), axis=1), axis=1)
 
 
 @dataclass
@@ -49,7 +72,10 @@ class RankJob:
         """Rows this job must not return as consumed: none with include_seen."""
         if self.include_seen:
             return np.zeros(0, np.int64)
-        return self.history_rows if self.seen_rows is None else np.union1d(self.seen_rows, self.history_rows)
+        if self.seen_rows is None or not self.seen_rows.size:
+            return self.history_rows
+        # Duplicates are harmless to every mask built from it: no sort, no unique.
+        return np.concatenate([self.seen_rows, self.history_rows])
 
 
 @dataclass
@@ -170,14 +196,33 @@ class Ranker:
         top = top[np.argsort(-sims[top], kind="stable")]
         return top.astype(np.int64), sims[top].astype(np.float32)
 
+    def _cold_order(self, job: RankJob, need: int, owned: bool = False) -> np.ndarray:
+        """The first `need` rows of the popularity order this job may get (fewer if the catalog
+        runs out), only the shard's own with `owned`. Walks the order in doubling chunks, so a
+        cold answer costs O(need + excluded), not O(items): at 1M items a whole-catalog mask per
+        request was ~3 ms of CPU (docs/growth.md)."""
+        banned = np.concatenate([job.exclude_rows, job.consumed]).astype(np.int64)
+        found: list[np.ndarray] = []
+        got, start, chunk = 0, 0, max(2 * need, 256)
+        while got < need and start < self.n_items:
+            rows = self.pop_order[start : start + chunk]
+            ok = ~self.deleted[rows]
+            if job.allowed is not None:
+                ok &= job.allowed[rows]
+            if owned:
+                ok &= self.owned[rows]
+            if banned.size:
+                ok &= ~np.isin(rows, banned)
+            found.append(rows[ok])
+            got += found[-1].size
+            start, chunk = start + chunk, chunk * 2
+        return np.concatenate(found)[:need] if found else np.zeros(0, np.int64)
+
     def _cold(self, job: RankJob, batch: int, q: np.ndarray | None = None) -> RankResult:
-        banned = self.deleted.copy() if job.allowed is None else ~job.allowed | self.deleted
-        banned[job.exclude_rows] = True
-        banned[job.consumed] = True
-        ranked = self.pop_order[~banned[self.pop_order]]
+        pool_size = max(COLD_POOL, job.k)
         if self.context is not None:
             # Context re-ranks the most popular items (log popularity + learned context terms).
-            pool = ranked[: max(COLD_POOL, job.k)][None, :]  # (1, P)
+            pool = self._cold_order(job, pool_size)[None, :]  # (1, P)
             qb = None if q is None else q[None, :]
             s = self.context.cold_scores(np.log1p(self.popularity[pool]), self.unit, pool, [job.context], qb)
             if s is not None:
@@ -185,14 +230,14 @@ class Ranker:
                     s = demote_neighbours(s, pool, self.unit, [job.dismissed_rows])
                 return self._cold_pick(pool[0], s[0], job.k, batch)
         if job.dismissed_rows.size:  # re-rank a pool of popular items with the neighbours demoted
-            pool = ranked[: max(COLD_POOL, job.k)][None, :]
+            pool = self._cold_order(job, pool_size)[None, :]
             s = demote_neighbours(self.pop_score[pool], pool, self.unit, [job.dismissed_rows])
             return self._cold_pick(pool[0], s[0], job.k, batch)
         if self.sharded:  # the owned rows in the global popularity order; key: that order
-            rows = ranked[self.owned[ranked]][: job.k]
+            rows = self._cold_order(job, job.k, owned=True)
             keys = -self.pop_rank[rows].astype(np.float32)
             return RankResult(rows.astype(np.int64), self.pop_score[rows], batch, True, pool_keys=keys)
-        rows = ranked[: job.k]
+        rows = self._cold_order(job, job.k)
         return RankResult(rows.astype(np.int64), self.pop_score[rows], batch, cold_start=True)
 
     def _cold_pick(self, pool: np.ndarray, s: np.ndarray, k: int, batch: int) -> RankResult:
@@ -215,28 +260,18 @@ class Ranker:
         if self.context is not None:
             users = self.context.blend_users(users, q)  # toward the intent, before retrieval
         t1 = time.perf_counter()
-        n_del = self.deleted_rows.size
         consumed = [j.consumed for j in jobs]
-        banned_counts = [n_del + j.exclude_rows.size + c.size for j, c in zip(jobs, consumed, strict=True)]
-        fetch = max(max(j.k, RERANK_MIN) + b for j, b in zip(jobs, banned_counts, strict=True))
-        cand_ip, cand = self.retriever.search(users, fetch)  # (B, fetch)
+        if self._dense(len(jobs)):
+            picked, keys = self._dense_pools(jobs, users, consumed)  # (B, C) each
+        else:
+            n_del = self.deleted_rows.size
+            banned_counts = [
+                n_del + j.exclude_rows.size + c.size for j, c in zip(jobs, consumed, strict=True)
+            ]
+            fetch = max(max(j.k, RERANK_MIN) + b for j, b in zip(jobs, banned_counts, strict=True))
+            cand_ip, cand = self.retriever.search(users, fetch)  # (B, fetch)
+            picked, keys = self._pools(jobs, users, consumed, cand, cand_ip)  # (B, C) each
         t2 = time.perf_counter()
-
-        c = max(RERANK_MIN, max(j.k for j in jobs))
-        picked = np.full((len(jobs), c), -1, dtype=np.int64)
-        keys = np.full((len(jobs), c), -np.inf, dtype=np.float32)  # inner products: the pool's order
-        for b, j in enumerate(jobs):
-            banned = np.concatenate([self.deleted_rows, j.exclude_rows, consumed[b]])
-            if j.allowed is not None:
-                row = self._exact_allowed(users[b], j.allowed, banned, c)
-                ip = (self.factors[row] @ users[b]).astype(np.float32)
-            else:
-                row, ip = cand[b], cand_ip[b]
-            ok = (row >= 0) & ~np.isin(row, banned)
-            # Each job's own pool size, so its answer does not depend on the batch it landed in.
-            keep = row[ok][: max(RERANK_MIN, j.k)]
-            picked[b, : keep.size] = keep
-            keys[b, : keep.size] = ip[ok][: keep.size]
         valid = picked >= 0
         item_vecs = self.factors[np.where(valid, picked, 0)]  # (B, C, d)
         scores = self.scorer.score(users, item_vecs)  # (B, C)
@@ -255,17 +290,104 @@ class Ranker:
                 )
             t3 = time.perf_counter()
             scores = np.where(valid, scores, -np.inf)
-            order = np.argsort(-scores, axis=1, kind="stable")
+            order = top_k(scores, max(j.k for j in jobs))  # (B, kmax) best first
+            top = np.take_along_axis(scores, order, axis=1)
+            rows = np.take_along_axis(picked, order, axis=1)
             out = []
             for b, j in enumerate(jobs):
-                o = order[b, : j.k]
-                o = o[np.isfinite(scores[b, o])]
-                out.append(RankResult(picked[b, o], scores[b, o].astype(np.float32), batch))
+                n = int(np.isfinite(top[b, : j.k]).sum())  # -inf sorts last: the finite ones lead
+                out.append(RankResult(rows[b, :n], top[b, :n].astype(np.float32), batch))
         m = self.metrics
         m.observe("foldin_seconds", t1 - t0)
         m.observe("retrieval_seconds", t2 - t1)
         m.observe("scoring_seconds", t3 - t2)
         return out
+
+    def _dense(self, n_jobs: int) -> bool:
+        """Exact retrieval by one (B, n) matrix product instead of the index: for an exact index
+        over a small catalog the product is cheaper than an index search that must over-fetch by
+        every consumed item of the batch's heaviest user (the answer is the same: both exact)."""
+        return (
+            self.retriever.exact
+            and not self.sharded
+            and self.n_items <= DENSE_MAX_ITEMS
+            and n_jobs * self.n_items <= DENSE_MAX
+        )
+
+    def _banned_keys(self, jobs: list[RankJob], consumed: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's per-job excluded and consumed rows as CSR: (job of each entry, row)."""
+        lists = [x for b, j in enumerate(jobs) for x in (j.exclude_rows, consumed[b])]
+        lens = np.asarray([x.size for x in lists], np.int64).reshape(len(jobs), 2).sum(axis=1)
+        owner = np.repeat(np.arange(len(jobs), dtype=np.int64), lens)
+        rows = np.concatenate(lists).astype(np.int64) if lens.sum() else np.zeros(0, np.int64)
+        return owner, rows
+
+    def _dense_pools(
+        self, jobs: list[RankJob], users: np.ndarray, consumed: list[np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`_pools` for an exact index: every item's inner product, the deleted, excluded,
+        consumed and filtered-out items masked to -inf, then each job's top max(RERANK_MIN, k)."""
+        ip = users.astype(np.float32, copy=False) @ self.factors.T  # (B, n)
+        ip[:, self.deleted_rows] = -np.inf
+        owner, rows = self._banned_keys(jobs, consumed)
+        ip[owner, rows] = -np.inf
+        for b, j in enumerate(jobs):
+            if j.allowed is not None:
+                ip[b, ~(j.allowed & self.owned)] = -np.inf
+        c = min(max(RERANK_MIN, max(j.k for j in jobs)), self.n_items)
+        picked = top_k(ip, c).astype(np.int64)  # (B, c) rows, best first
+        keys = np.take_along_axis(ip, picked, axis=1)
+        limit = np.asarray([max(RERANK_MIN, j.k) for j in jobs], np.int64)
+        gone = ~np.isfinite(keys) | (np.arange(c)[None, :] >= limit[:, None])
+        picked[gone] = -1
+        keys[gone] = -np.inf
+        return picked, keys
+
+    def _pools(
+        self,
+        jobs: list[RankJob],
+        users: np.ndarray,
+        consumed: list[np.ndarray],
+        cand: np.ndarray,
+        cand_ip: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each job's candidate pool, (B, C) rows (-1: none) and inner products, for the whole
+        batch at once: the retrieved rows minus deleted ones (a dense mask over items) and minus
+        each job's excluded and consumed rows (a CSR mask: keys b·n + row, one `isin` for the
+        batch), then the first max(RERANK_MIN, k) survivors of each job in retrieval order.
+        Each job's own pool size, so its answer does not depend on the batch it landed in."""
+        n_jobs, n = len(jobs), self.n_items
+        c = max(RERANK_MIN, max(j.k for j in jobs))
+        filtered = [b for b, j in enumerate(jobs) if j.allowed is not None]
+        if filtered:  # category filters: exact search per filtered job, into the same table
+            width = max(cand.shape[1], c)
+            rows = np.full((n_jobs, width), -1, np.int64)
+            ips = np.full((n_jobs, width), -np.inf, np.float32)
+            rows[:, : cand.shape[1]], ips[:, : cand.shape[1]] = cand, cand_ip
+            for b in filtered:
+                j = jobs[b]
+                banned = np.concatenate([self.deleted_rows, j.exclude_rows, consumed[b]])
+                assert j.allowed is not None
+                r = self._exact_allowed(users[b], j.allowed, banned, c)
+                rows[b] = -1
+                rows[b, : r.size] = r
+                ips[b, : r.size] = (self.factors[r] @ users[b]).astype(np.float32)
+            cand, cand_ip = rows, ips
+        owner, banned_rows = self._banned_keys(jobs, consumed)
+        banned_keys = owner * n + banned_rows
+        present = cand >= 0
+        safe = np.where(present, cand, 0)
+        cand_keys = np.arange(n_jobs, dtype=np.int64)[:, None] * n + safe
+        ok = present & ~self.deleted[safe] & ~np.isin(cand_keys, banned_keys)
+        limit = np.asarray([max(RERANK_MIN, j.k) for j in jobs], np.int64)
+        place = np.cumsum(ok, axis=1) - 1  # where each survivor goes in its job's pool
+        keep = ok & (place < limit[:, None])
+        bi, ci = np.nonzero(keep)
+        picked = np.full((n_jobs, c), -1, dtype=np.int64)
+        keys = np.full((n_jobs, c), -np.inf, dtype=np.float32)  # inner products: the pool's order
+        picked[bi, place[bi, ci]] = cand[bi, ci]
+        keys[bi, place[bi, ci]] = cand_ip[bi, ci]
+        return picked, keys
 
     def _shard_pool(
         self, b: int, j: RankJob, picked: np.ndarray, keys: np.ndarray, scores: np.ndarray, batch: int

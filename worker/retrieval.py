@@ -167,6 +167,11 @@ class Retriever:
         LOG.info("shard %d/%d: %d of %d items indexed (%s)", index, count, len(rows), len(factors), self.kind)
 
     @property
+    def exact(self) -> bool:
+        """Exact inner-product search over the whole catalog (not a shard of it)."""
+        return self.kind in (INDEX_FLAT, INDEX_NORM_BOUNDED) and not isinstance(self._search, ShardIndex)
+
+    @property
     def ntotal(self) -> int:
         return int(self._search.ntotal)
 

@@ -21,7 +21,6 @@ import grpc
 import numpy as np
 
 from recgen.config import WorkerConfig
-from recgen.core.user_history import fold_in_weights, merge_live
 from recgen.repository import CatalogItem
 from recgen.worker.v1 import worker_pb2, worker_pb2_grpc
 from worker.batcher import Batcher, DeadlineExpired, QueueFull
@@ -39,13 +38,15 @@ from worker.live_catalog import CatalogGap, Change, LiveCatalog
 from worker.llm.api import QueueFull as GenerationQueueFull
 from worker.llm.api import StopReason
 from worker.llm.grounded import TextDone
-from worker.metrics import Metrics
+from worker.metrics import SIZE_BOUNDS, Metrics
 from worker.model import LoadedModel
+from worker.rank_rows import build_job, item_rows, rank_rows
 from worker.ranking import RankJob, RankResult
 
 LOG = logging.getLogger(__name__)
 
 MAX_K = 1000
+INLINE_ROWS = 16  # RankRows of at most this many rows may be ranked on the event loop
 
 # Every StopReason -> the worker proto's enum, which has no CANCELLED or ERROR:
 # a cancelled generation reads as DEADLINE, a failed one as UNSPECIFIED.
@@ -118,43 +119,26 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             metrics=metrics,
             executor=self.model_executor,
         )
+        self._rows_waiting = 0  # RankRows rows sent to the model thread and not yet answered
 
     def _rows(self, ids: list[str], model: LoadedModel | None = None) -> np.ndarray:
-        index = (model or self.model).item_index
-        # Unknown ids are skipped, not errors: an item may have left the catalog
-        # between the user's event and this request.
-        return np.asarray([index[i] for i in ids if i in index], dtype=np.int64)
+        return item_rows(model or self.model, ids)
 
     def _job(self, request: worker_pb2.RankRequest, model: LoadedModel) -> RankJob:
-        """The request as a ranking job: the version's history of the user plus the live
-        events, decayed and folded exactly as export evaluated them (recgen/core/user_history.py)."""
-        index = model.item_index
-        live = [(index[h.item_id], h.weight, h.timestamp) for h in request.history if h.item_id in index]
-        live = [e for e in live if e[1] > 0]
-        held = model.held_history(request.user_id, request.forgotten_at)
-        h = merge_live(
-            held,
-            np.asarray([r for r, _, _ in live], dtype=np.int64),
-            np.asarray([w for _, w, _ in live], dtype=np.float32),
-            np.asarray([t for _, _, t in live], dtype=np.float64),
-            model.data_end,
-        )
-        rows, weights = fold_in_weights(h.rows, h.weights, h.ts)
-        seen = h.seen
-        if request.seen_item_ids:  # a live user's items older than the history sent
-            seen = np.union1d(seen, self._rows(list(request.seen_item_ids), model))
-        return RankJob(
-            history_rows=rows,
-            history_weights=weights,
-            exclude_rows=self._rows(list(request.exclude_item_ids), model),
+        """A plain Rank request as a ranking job (worker/rank_rows.py builds every job)."""
+        return build_job(
+            model,
+            user_id=request.user_id,
+            forgotten_at=request.forgotten_at,
+            history=[(h.item_id, h.weight, h.timestamp) for h in request.history],
+            exclude=request.exclude_item_ids,
+            dismissed=request.dismissed_item_ids,
+            seen=request.seen_item_ids,
+            include_categories=request.include_categories,
+            exclude_categories=request.exclude_categories,
             k=request.k,
             include_seen=request.include_seen,
-            allowed=model.allowed_by_categories(
-                list(request.include_categories), list(request.exclude_categories)
-            ),
             context=_job_context(request),
-            dismissed_rows=self._rows(list(request.dismissed_item_ids), model),
-            seen_rows=seen,
         )
 
     async def Rank(
@@ -214,6 +198,37 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         deadline = _deadline(context)
         outcomes = await asyncio.gather(*(self._rank_outcome(r, deadline) for r in request.requests))
         return worker_pb2.RankBatchResponse(outcomes=outcomes)
+
+    async def RankRows(
+        self, request: worker_pb2.RankRowsRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.RankRowsResponse:
+        # The gateway's batch is the batch: one ranking call (worker/rank_rows.py). Bounded like
+        # the batcher's queue: rows waiting past max_queue are refused at once, each with
+        # RESOURCE_EXHAUSTED.
+        n = len(request.rows)
+        self.metrics.inc("rank_requests", n)
+        if self._rows_waiting + n > self.cfg.max_queue and self._rows_waiting:
+            self.metrics.inc("rank_rejected", n)
+            msg = f"rank queue full ({self._rows_waiting} rows waiting)"
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            return worker_pb2.RankRowsResponse(codes=[code] * n, messages=[msg] * n, offsets=[0] * (n + 1))
+        deadline = _deadline(context)
+        if n <= INLINE_ROWS and not self._rows_waiting and not self.catalog_lock.locked():
+            # A small batch with nothing queued and no catalog change under way (changes run only
+            # under catalog_lock) is ranked right here: the hop to the model thread and the wake-up
+            # back cost more than its ranking. Other work in the model thread only reads.
+            reply = rank_rows(self.model, request, self.live.applied_seq, deadline)
+        else:
+            self._rows_waiting += n
+            try:
+                loop = asyncio.get_running_loop()
+                reply = await loop.run_in_executor(
+                    self.model_executor, rank_rows, self.model, request, self.live.applied_seq, deadline
+                )
+            finally:
+                self._rows_waiting -= n
+        self.metrics.observe("rank_batch_size", reply.batch_size, SIZE_BOUNDS)
+        return reply
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -316,7 +331,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
                 counters[f"llm_finished_{reason}"] = float(n)
         return worker_pb2.StatsResponse(
             model_version=self.model.name,
-            queue_depth=self.rank_batcher.depth,
+            queue_depth=self.rank_batcher.depth + self._rows_waiting,
             shard_index=self.cfg.shard_index,
             shard_count=self.cfg.shard_count,
             counters=counters,

@@ -1,6 +1,6 @@
-"""The gateway's RankBatch coalescing against a real worker servicer (real model,
-real gRPC server on a real socket): concurrent Rank calls share RPCs, each gets
-the same answer as its own Rank call, and errors stay per request."""
+"""The gateway's RankRows coalescing against a real worker servicer (real model,
+real gRPC server on a real socket): concurrent rank requests share packed RPCs, each
+gets the same answer as its own Rank call, and errors stay per request."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from recgen.config import WorkerConfig
 from recgen.worker.v1 import worker_pb2 as wpb
 from recgen.worker.v1 import worker_pb2_grpc
 from server.rank_batch import RankBatcher
+from server.ranked import Ranked, rank_request
 from server.workers import Worker
 from worker.metrics import Metrics
 from worker.model import LoadedModel
@@ -27,9 +28,9 @@ def model(model_root: Path):
     m.close()
 
 
-def request(user: int, k: int = 5) -> wpb.RankRequest:
-    history = [wpb.Interaction(item_id=str(user * 7 % 1600 + j + 1), weight=1.0) for j in range(3)]
-    return wpb.RankRequest(history=history, k=k)
+def request(user: int, k: int = 5) -> wpb.RankRow:
+    ids = [str(user * 7 % 1600 + j + 1) for j in range(3)]
+    return wpb.RankRow(history_item_ids=ids, history_weights=[1.0] * 3, history_timestamps=[0.0] * 3, k=k)
 
 
 async def with_worker(model: LoadedModel, body) -> None:  # type: ignore[no-untyped-def]
@@ -51,13 +52,14 @@ async def with_worker(model: LoadedModel, body) -> None:  # type: ignore[no-unty
 def test_concurrent_calls_share_rpcs_and_get_their_own_answers(model) -> None:
     async def body(w: Worker, server: grpc.aio.Server) -> None:
         assert w.stub is not None
-        alone = [await w.stub.Rank(request(u), timeout=10) for u in range(12)]
+        alone = [await w.stub.Rank(rank_request(request(u)), timeout=10) for u in range(12)]
         batcher = RankBatcher(max_in_flight=1)
         together = await asyncio.gather(*(batcher.rank(w, request(u), 10.0) for u in range(12)))
-        assert [[i.item_id for i in r.items] for r in together] == [
-            [i.item_id for i in r.items] for r in alone
-        ]
+        assert [r.item_ids for r in together] == [[i.item_id for i in r.items] for r in alone]
+        got = [s for r in together for s in r.scores]
+        assert got == pytest.approx([i.score for r in alone for i in r.items], rel=1e-5)
         assert batcher.requests == 12 and batcher.batches < 12
+        assert max(r.batch_size for r in together) > 1
 
     asyncio.run(with_worker(model, body))
 
@@ -69,7 +71,7 @@ def test_a_bad_request_fails_alone_with_its_own_status(model) -> None:
             batcher.rank(w, request(1), 10.0), batcher.rank(w, request(2, k=0), 10.0), return_exceptions=True
         )
         assert batcher.batches == 1
-        assert isinstance(good, wpb.RankResponse) and len(good.items) == 5
+        assert isinstance(good, Ranked) and len(good.item_ids) == 5 and good.titles is None
         assert isinstance(bad, grpc.aio.AioRpcError)
         assert (
             bad.code() == grpc.StatusCode.INVALID_ARGUMENT and "k must be in 1..1000, got 0" in bad.details()
@@ -92,7 +94,7 @@ def test_an_unreachable_worker_fails_every_request_with_unavailable(model) -> No
 
 
 def test_a_worker_without_rank_batch_gets_plain_rank_calls(model) -> None:
-    class OldWorker(worker_pb2_grpc.WorkerServicer):  # a worker from before RankBatch
+    class OldWorker(worker_pb2_grpc.WorkerServicer):  # a worker from before RankRows
         def __init__(self) -> None:
             self.real = WorkerService(model, WorkerConfig(threads=1), Metrics())
 
@@ -110,10 +112,25 @@ def test_a_worker_without_rank_batch_gets_plain_rank_calls(model) -> None:
             batcher = RankBatcher()
             first = await asyncio.gather(*(batcher.rank(w, request(u), 10.0) for u in range(3)))
             second = await batcher.rank(w, request(3), 10.0)
-            assert all(len(r.items) == 5 for r in [*first, second])
+            assert all(len(r.item_ids) == 5 and r.titles and all(r.titles) for r in [*first, second])
             assert batcher.batches == 1  # tried once, then plain Rank calls
         finally:
             await w.close_channel()
             await server.stop(None)
 
     asyncio.run(run())
+
+
+def test_a_large_batch_ranks_as_one_unit_like_its_rows_alone(model) -> None:
+    # More rows than the worker ranks on its event loop (INLINE_ROWS): the model thread's path.
+    async def body(w: Worker, server: grpc.aio.Server) -> None:
+        assert w.stub is not None
+        rows = [request(u, k=4) for u in range(40)]
+        big = await w.stub.RankRows(wpb.RankRowsRequest(rows=rows), timeout=30)
+        assert big.batch_size == 40 and list(big.codes) == [0] * 40
+        small = [await w.stub.RankRows(wpb.RankRowsRequest(rows=[r]), timeout=10) for r in rows[:5]]
+        for i, one in enumerate(small):
+            assert one.batch_size == 1
+            assert list(big.item_ids[big.offsets[i] : big.offsets[i + 1]]) == list(one.item_ids)
+
+    asyncio.run(with_worker(model, body))

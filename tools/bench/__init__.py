@@ -1,6 +1,7 @@
 """`make bench`: recgen's performance, each number next to its baseline measured in the same run.
 
-    python -m tools.bench [--quick] [--models models] [--out docs/bench.json] [--plot docs/bench.png]
+    python -m tools.bench [--quick | --smoke] [--models models] [--out docs/bench.json]
+        [--plot docs/bench.png]
 
 What it measures (docs/bench.md explains every number):
 
@@ -22,7 +23,10 @@ What it measures (docs/bench.md explains every number):
 The server, the load generators and the baselines each run in their own
 process; this one orchestrates, reads /proc and writes the JSON and the
 plot. Thread counts are set explicitly everywhere. The full run takes about
-15-25 minutes on 2 cores; --quick (100K catalog only, shorter loads) a few.
+15-25 minutes on 2 cores; --quick (100K catalog only, shorter loads) a few;
+--smoke (CI: every phase at its smallest, a 20K catalog, loads of seconds) 1-2
+minutes with a tiny model, and judges no goal. Every mode exits non-zero when a
+phase fails or a ratio whose phases ran is None or NaN.
 
 Modules: plan (sizes, subprocess environment), machine, server_phase, baselines, retrieval
 (the phases), summary (ratios against the baselines), plot, runner (the command line).

@@ -1,4 +1,5 @@
-"""The sizes of one bench run (Plan) and the environment its subprocesses run in; no measuring."""
+"""The sizes of one bench run (Plan: full, --quick or --smoke) and the environment its subprocesses
+run in; no measuring."""
 
 from __future__ import annotations
 
@@ -27,9 +28,22 @@ class Plan:
     als_users: int = 50_000
     als_iterations: int = 6
     queries: int = 1000
+    retrieval_universe: int = 1_000_000  # items the synthetic catalogs are drawn from
+    retrieval_reference: bool = True  # also the forced measured-choice row where the policy picks exact
+    rank_seconds: float = 8.0  # each closed loop of the rank-cost phase
+    rank_warmup: float = 1.0
+    rank_idle_s: float = 2.0  # idle CPU measured before each of its loads
+    rank_users: int = 200  # users with history it seeds and calls
+    smoke: bool = False
+
+    @property
+    def mode(self) -> str:
+        return "smoke" if self.smoke else "quick" if self.quick else "full"
 
     @staticmethod
-    def make(quick: bool, threads: int, workers: int) -> Plan:
+    def make(quick: bool, threads: int, workers: int, smoke: bool = False) -> Plan:
+        if smoke:
+            return Plan.smoke_plan(threads, workers)
         if not quick:
             return Plan(False, threads, workers)
         return Plan(
@@ -47,6 +61,41 @@ class Plan:
             als_users=20_000,
             als_iterations=4,
             queries=500,
+            rank_seconds=4.0,
+        )
+
+    @staticmethod
+    def smoke_plan(threads: int, workers: int) -> Plan:
+        """Every phase at its smallest size that still gives every ratio a value (CI: 1-2 min on
+        2 cores with a tiny model). Generation keeps concurrency 1 and 32 (the first-text ratios
+        compare them); the loads are too short for the numbers to mean anything: no goal is judged."""
+        return Plan(
+            False,
+            threads,
+            workers,
+            gen_levels=(1, 32),
+            gen_duration=(3.0, 3.0),
+            gen_warmup=(1.0, 1.0),
+            gen_users=8,
+            ort_prompts=3,
+            torch_prompts=2,
+            # The baselines decode 8 tokens, not the server's 48: PyTorch's first generate alone takes
+            # ~15 s on a busy 2-core machine. Their tokens/s still has a value, with no meaning.
+            max_new_tokens=8,
+            rec_concurrency=(8,),
+            rec_duration=2.0,
+            rec_warmup=0.5,
+            retrieval_sizes=(20_000,),
+            retrieval_universe=20_000,
+            retrieval_reference=False,
+            als_users=4_000,
+            als_iterations=2,
+            queries=100,
+            rank_seconds=1.0,
+            rank_warmup=0.25,
+            rank_idle_s=0.25,
+            rank_users=32,
+            smoke=True,
         )
 
 

@@ -17,7 +17,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     m = doc.get("machine", {})
-    kind = "quick" if doc.get("quick") else "full"
+    kind = doc.get("mode") or ("quick" if doc.get("quick") else "full")
     gpu_note = get(doc, "gpu", "note") or "GPU present"
     fig.suptitle(
         f"recgen bench ({kind}) - {m.get('nproc')} cores {m.get('cpu_model')}, "

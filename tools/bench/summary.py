@@ -1,10 +1,13 @@
 """The bench's verdict: each measured number over its same-run baseline, with the goal, as rows
-and as a Markdown table. Reads the JSON document only."""
+and as a Markdown table, and which ratios a run failed to compute. Reads the JSON document only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
 from typing import Any
+
+PHASES = ("server", "rank", "baselines", "retrieval")
 
 
 def get(d: Any, *path: Any) -> Any:
@@ -18,8 +21,11 @@ def get(d: Any, *path: Any) -> Any:
 
 
 def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table of ratios: each measured number over its same-run baseline, with the goal."""
+    """The table of ratios: each measured number over its same-run baseline, with the goal (not
+    judged in a --smoke run: its loads last seconds). Each row names the phases it needs."""
     rows: list[dict[str, Any]] = []
+    judge = doc.get("mode") != "smoke"
+    needs: tuple[str, ...] = ()
 
     def add(metric: str, value: Any, baseline: Any, goal: str, ok: Callable[[float], bool] | None) -> None:
         ratio = round(value / baseline, 2) if value is not None and baseline else None
@@ -30,13 +36,15 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "baseline": baseline,
                 "ratio": ratio,
                 "goal": goal,
-                "met": None if ratio is None or ok is None else bool(ok(ratio)),
+                "met": None if ratio is None or ok is None or not judge else bool(ok(ratio)),
+                "needs": list(needs),
             }
         )
 
     gen = {g["concurrency"]: g for g in get(doc, "server", "generation") or []}
     torch_tps = get(doc, "baselines", "pytorch", "text_tokens_per_s")
     ort_tps = get(doc, "baselines", "onnx_alone", "text_tokens_per_s")
+    needs = ("server", "baselines")
     for c, g in sorted(gen.items()):
         add(
             f"gen tokens/s @{c} vs PyTorch generate fp32 serial",
@@ -63,6 +71,7 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 "",
                 None,
             )
+    needs = ("server",)
     if 1 in gen and 32 in gen:
         for q in ("p50", "p99"):
             a = get(gen[32], "first_generated_ms", q)
@@ -91,6 +100,48 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
             "",
             None,
         )
+    needs = ("rank",)
+    rank = get(doc, "rank")
+    echo = get(rank, "echo") or {}
+    for name, v in (get(rank, "variants") or {}).items():
+        for kind, label in (("cold", "cold users"), ("history", "users with history")):
+            add(
+                f"server CPU-µs per Recommend ({label}, {name}) vs the empty server's per call",
+                get(v, kind, "cpu_us_per_answer_total"),
+                echo.get("cpu_us_per_answer_total"),
+                "<= 2.5x",
+                lambda r: r <= 2.5,
+            )
+        add(
+            f"Recommend calls/s @{rank['concurrency']} ({name}, users with history) vs echo server",
+            get(v, "history", "answers_per_s"),
+            echo.get("answers_per_s"),
+            "",
+            None,
+        )
+        p50 = echo.get("p50_ms_one_caller")
+        add(
+            f"Recommend p50 at one caller ({name}) vs 2 x echo p50 + 1 ms",
+            get(v, "p50_ms_one_caller"),
+            None if p50 is None else round(2.0 * p50 + 1.0, 3),
+            "<= 1x",
+            lambda r: r <= 1.0,
+        )
+        add(
+            f"RecommendBatch(64) users/s ({name}) vs single-call Recommend calls/s",
+            get(v, "batch64", "answers_per_s"),
+            get(v, "history", "answers_per_s"),
+            ">= 5x",
+            lambda r: r >= 5.0,
+        )
+        add(
+            f"RecommendBatch(64) users/s ({name}) vs the empty server's RecommendBatch(64)",
+            get(v, "batch64", "answers_per_s"),
+            echo.get("batch64_answers_per_s"),
+            "",
+            None,
+        )
+    needs = ("retrieval",)
     for row in get(doc, "retrieval", "rows") or []:
         if row.get("chosen_by_policy") is False:
             continue  # a reference measurement (HNSW where the policy picks exact), in the JSON only
@@ -110,6 +161,25 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 five_times if is_1m else None,
             )
     return rows
+
+
+def uncomputed(doc: dict[str, Any], rows: Iterable[dict[str, Any]] | None = None) -> list[str]:
+    """What the run should have computed and did not: each ratio that is None or NaN although every
+    phase it needs ran (a skipped phase excuses its ratios), and each phase that ran yet gave no
+    ratio at all. Empty when the table is complete. Judges no goal."""
+    ran = set(doc.get("phase_seconds") or {})
+    rows = list((doc.get("ratios") or []) if rows is None else rows)
+    out = []
+    for r in rows:
+        if not set(r.get("needs") or ()) <= ran:
+            continue
+        ratio = r["ratio"]
+        if ratio is None or not math.isfinite(float(ratio)):
+            out.append(f"{r['metric']}: ratio {ratio} (value {r['value']}, baseline {r['baseline']})")
+    for phase in PHASES:
+        if phase in ran and not any(phase in (r.get("needs") or ()) for r in rows):
+            out.append(f"phase {phase} ran but gave no ratio")
+    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:

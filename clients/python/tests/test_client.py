@@ -77,6 +77,19 @@ def test_recommend_returns_plain_typed_items(client: RecgenClient) -> None:
     assert rec.items[0].item_id not in [i.item_id for i in again.items]
 
 
+def test_recommend_batch_answers_each_user_alone(client: RecgenClient) -> None:
+    users = [uid("pc-batch"), "1", "", uid("pc-batch")]
+    out = client.recommend_batch(users, k=4)
+    assert len(out) == 4
+    assert isinstance(out[2], InvalidArgument) and "user_id" in out[2].details  # returned, not raised
+    for u, r in zip(users, out, strict=True):
+        if u:
+            assert isinstance(r, Recommendation) and len(r.items) == 4 and all(i.title for i in r.items)
+            assert [i.item_id for i in r.items] == [i.item_id for i in client.recommend(u, k=4).items]
+    with pytest.raises(InvalidArgument):
+        client.recommend_batch([uid("pc-many")] * 257)
+
+
 def test_recommend_with_text(client: RecgenClient) -> None:
     rec = client.recommend(uid("pc-text"), k=3, explain=True)
     assert isinstance(rec.text_status, TextStatus) and rec.text_status is not TextStatus.UNSPECIFIED
@@ -198,6 +211,10 @@ def test_async_client(server) -> None:
             await rc.wait_ready(30)
             rec = await rc.recommend(user, k=4)
             assert len(rec.items) == 4
+            (batch,) = await rc.recommend_batch([user], k=4)
+            assert isinstance(batch, Recommendation) and [i.item_id for i in batch.items] == [
+                i.item_id for i in rec.items
+            ]
             kinds = [type(e) async for e in rc.stream(user, k=2)]
             assert kinds[0] is StreamItems and kinds[-1] is StreamFinal
             assert await rc.feedback(user, rec.items[0].item_id, FeedbackType.CLICK)

@@ -23,7 +23,7 @@ from recgen_client import _requests as rq
 from recgen_client._gen import recommender_pb2 as pb
 from recgen_client._gen import recommender_pb2_grpc as pbg
 from recgen_client._requests import DEFAULT, Timeout
-from recgen_client.errors import Unavailable, from_rpc_error
+from recgen_client.errors import RecgenError, Unavailable, from_rpc_error
 from recgen_client.types import (
     CatalogChange,
     CatalogItem,
@@ -35,6 +35,7 @@ from recgen_client.types import (
     Item,
     Recommendation,
     StreamEvent,
+    batch_results,
     recommend_request,
     stream_event_from_pb,
 )
@@ -102,6 +103,37 @@ class AsyncRecgenClient:
                 req, timeout=self._s.deadline(timeout), metadata=self._s.metadata
             )
         return Recommendation.from_pb(resp)
+
+    async def recommend_batch(
+        self,
+        user_ids: Sequence[str],
+        k: int = 10,
+        *,
+        include_seen: bool = False,
+        context: Context | None = None,
+        exclude: Sequence[str] = (),
+        include_categories: Sequence[str] = (),
+        exclude_categories: Sequence[str] = (),
+        timeout: Timeout = DEFAULT,
+    ) -> list[Recommendation | RecgenError]:
+        """Ranked items for many users in one call (up to 256; no text): entry i answers
+        user_ids[i] with a Recommendation, or with the RecgenError (returned, not raised) that
+        user's own recommend() would have raised. More than 256 users raises InvalidArgument."""
+        if isinstance(user_ids, str):
+            raise TypeError("user_ids takes a sequence of strings")
+        reqs = [
+            recommend_request(
+                u, k, False, include_seen, context, exclude, include_categories, exclude_categories
+            )
+            for u in user_ids
+        ]
+        with _translated():
+            resp = await self._stub.RecommendBatch(
+                pb.RecommendBatchRequest(requests=reqs),
+                timeout=self._s.deadline(timeout),
+                metadata=self._s.metadata,
+            )
+        return batch_results(resp)
 
     async def stream(
         self,

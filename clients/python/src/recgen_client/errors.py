@@ -70,3 +70,9 @@ def from_rpc_error(e: grpc.RpcError) -> RecgenError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = (e.details() if hasattr(e, "details") else None) or code.name
     return _TABLE.get(code, RecgenError)(code, details)
+
+
+def from_status(code: int, message: str) -> RecgenError:
+    """The RecgenError for one failed entry of a batch answer (a status code number and message)."""
+    status = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    return _TABLE.get(status, RecgenError)(status, message or status.name)

@@ -10,8 +10,12 @@ import datetime as dt
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from recgen_client._gen import recommender_pb2 as pb
+
+if TYPE_CHECKING:
+    from recgen_client.errors import RecgenError
 
 
 class TextStatus(enum.IntEnum):
@@ -230,6 +234,16 @@ def recommend_request(
         include_categories=list(include_categories),
         exclude_categories=list(exclude_categories),
     )
+
+
+def batch_results(m: pb.RecommendBatchResponse) -> list[Recommendation | RecgenError]:
+    """Entry i: the Recommendation, or the error that user's own recommend() would have raised."""
+    from recgen_client.errors import from_status
+
+    return [
+        Recommendation.from_pb(r.response) if r.code == 0 else from_status(r.code, r.message)
+        for r in m.results
+    ]
 
 
 def _rfc3339(t: str | dt.datetime) -> str:
