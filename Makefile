@@ -66,21 +66,16 @@ readme-layout:
 
 # Load test: our own gateway and an empty echo server (the ceiling of any Python
 # gRPC service here) under the same bounded load in one run; closed-loop and
-# open-loop sweeps with a mixed workload. Writes docs/loadtest.json and .png;
-# the gateway is stopped whatever happens. Loopback only.
-LOADTEST_PORT ?= 50071
+# open-loop sweeps with a mixed workload. `--serve` starts `recgen serve` on
+# 127.0.0.1 (a kernel-chosen port, throwaway state) and stops it whatever happens.
+# Exits non-zero on any status but OK / DEADLINE_EXCEEDED / RESOURCE_EXHAUSTED. Loopback only.
 # Where the JSON and plot go: var/ (untracked) unless asked, so a trial run never overwrites
 # the committed docs/loadtest.*; `make loadtest LOADTEST_OUT=docs` records a run for docs/.
 LOADTEST_OUT ?= var
 LOADTEST_ARGS ?= --explain-share 0.1 --stream-share 0.1 --feedback-share 0.2 --text-timeout 30 \
 	--sweep-concurrency 1,8,32 --sweep-rates 5,10,20,40 --duration 20 --warmup 3
 loadtest: install data $(MODELS)/.exported
-	@mkdir -p var; rm -f var/loadtest.db var/loadtest.db-wal var/loadtest.db-shm; \
-	$(RECGEN) serve --models $(MODELS) --port $(LOADTEST_PORT) --workers $(WORKERS) \
-		--state var/loadtest.db & pid=$$!; \
-	trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
-	@mkdir -p $(LOADTEST_OUT)
-	$(PY) -m tools.loadtest --target 127.0.0.1:$(LOADTEST_PORT) --wait-ready 600 --echo $(LOADTEST_ARGS) \
+	$(PY) -m tools.loadtest --serve $(MODELS) --serve-workers $(WORKERS) --echo $(LOADTEST_ARGS) \
 		--json $(LOADTEST_OUT)/loadtest.json --plot $(LOADTEST_OUT)/loadtest.png
 
 # Replay evaluation (docs/eval.md): train on the past of MovieLens-100K, replay the
@@ -112,11 +107,21 @@ text-eval: install data $(MODELS)/.exported
 	$(PY) -m tools.text_eval --models $(MODELS) --json docs/text.json --md docs/text.md $(TEXT_EVAL_ARGS)
 
 # Chaos: SIGKILL/SIGSTOP a worker under load, deadlines, 5x overload, SIGKILL the gateway during
-# concurrent feedback; real `recgen serve` on 127.0.0.1, bounded (~2.5 min; CHAOS_ARGS=--quick).
-# Prints what was survived and lost; writes docs/chaos.json. See docs/operating.md.
+# concurrent feedback, a rolling restart of 2 gateways; real `recgen serve` on 127.0.0.1, bounded
+# (~4 min; CHAOS_ARGS=--quick).
+# Prints what was survived and lost; writes docs/chaos.json; exits non-zero when a scenario fails.
+# Then the bad-input fuzz suite at 10,000 cases (its `chaos` hypothesis profile; 500 in make test).
+# See docs/operating.md. `make test` runs a quick form (tests/e2e/test_operator_targets.py).
 CHAOS_ARGS ?=
 chaos: install data $(MODELS)/.exported
 	$(PY) -m tools.chaos --models $(MODELS) --json docs/chaos.json $(CHAOS_ARGS)
+	HYPOTHESIS_PROFILE=chaos $(PY) -m pytest -q -p no:cacheprovider tests/e2e/test_fuzz.py
+
+# Every command and flag README.md and docs/*.md name exists, and every measured figure names the
+# command that produced it (tools/docs_check.py; also tests/unit/test_docs_check.py in make test).
+.PHONY: docs-check
+docs-check: install
+	$(PY) -m tools.docs_check
 
 # Benchmarks against same-run baselines (docs/bench.md): generation vs PyTorch
 # generate and serial ONNX, Recommend vs an echo server, retrieval at 100K/1M,
@@ -140,6 +145,32 @@ GROWTH_ARGS ?=
 export-growth: install
 	$(PY) -m tools.export_growth --json docs/export_growth.json $(GROWTH_ARGS)
 
+# Serving cost as the work grows (docs/growth.md): synthetic versions with 1K/100K/1M held users and
+# 1K/100K/1M items, each served by a real `recgen serve`; worker load time and RSS, Recommend
+# latency and CPU per call, retrieval-only time, growth exponents. ~15 min on 2 busy cores;
+# BENCH_GROWTH_ARGS=--quick: under a minute.
+BENCH_GROWTH_ARGS ?=
+.PHONY: bench-growth
+bench-growth: install
+	$(PY) -m tools.bench.growth --json docs/growth.json $(BENCH_GROWTH_ARGS)
+
+# Soak (docs/soak.md; not in CI): a real `recgen serve` under a fixed mixed load for SOAK_MINUTES
+# (Recommend, text, streams, feedback, catalog upserts, one hot swap, one worker SIGKILL), sampling
+# every process's RSS, fds and threads, the SQLite DB and WAL, p50/p99 and errors over time; JSON +
+# plot under SOAK_OUT; exits 1 when a goal (flat memory, bounded WAL, no fd growth, p99 drift) fails.
+SOAK_MINUTES ?= 30
+SOAK_OUT ?= var/soak
+SOAK_ARGS ?=
+.PHONY: soak
+soak: install data $(MODELS)/.exported
+	$(PY) -m tools.soak --minutes $(SOAK_MINUTES) --models $(MODELS) --out $(SOAK_OUT) $(SOAK_ARGS)
+
+# README.md's settings table, regenerated from the typed configuration (tests/unit/test_config.py
+# checks it): run after adding or changing a setting.
+.PHONY: settings-table
+settings-table:
+	$(PY) -m recgen.config.table --write README.md
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -152,6 +183,8 @@ clean: clean-stubs
 
 # Client stubs and example clients in other languages, buf lint / breaking.
 include clients/stubs.mk
+# promtool on the alert rules, the scrape config and a live gateway's /metrics (deploy/).
+include deploy/checks.mk
 
 # The Python client package (clients/python/README.md): clients/python/build.py generates the
 # stubs into a staging copy of the package and builds its wheel into clients/python/dist

@@ -36,6 +36,10 @@ GATE_METRIC = ("mf", "hit_rate@10")
 DEFAULT_TOLERANCE = 0.05  # relative: the new HR@10 may be up to 5 % below the serving one
 DEFAULT_KEEP = 5
 MAX_PREVIOUS = 10  # rollback depth the pointer remembers
+# grpc.health.v1 service name a worker (and the gateway, for all its workers) reports: SERVING
+# while it serves the version SERVING names, NOT_SERVING after refusing that version (a load or
+# checksum failure) and keeping an older one. The worker's "" status stays SERVING meanwhile.
+POINTER_HEALTH_SERVICE = "recgen.v1.ServingPointer"
 
 
 class GateRefused(Exception):

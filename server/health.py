@@ -12,7 +12,16 @@ reports ("" for the whole server, recgen.v1.Recommender) get the result:
   the store's one writer thread in order with every other write.
 
 NOT_SERVING names its reasons in the log; SERVING comes back by itself when they
-are gone. `drain()` (SIGTERM) sets NOT_SERVING for good. `HealthServicer` adds
+are gone.
+
+Apart from those, the service POINTER_HEALTH_SERVICE ("recgen.v1.ServingPointer")
+says whether every worker in rotation serves the model version the repository's
+SERVING pointer names: NOT_SERVING when one refused it (corrupted files, a failed
+load: worker/swap.py) and still serves an older one. It does not change the
+gateway's own status (requests are still answered); it is polled from the workers'
+health services every POINTER_PROBE_EVERY_S.
+
+`drain()` (SIGTERM) sets NOT_SERVING for good. `HealthServicer` adds
 List, which grpcio-health-checking 1.85's asyncio servicer lacks.
 
 What it does not do: take workers out of rotation or restart them
@@ -31,6 +40,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+from recgen.promotion import POINTER_HEALTH_SERVICE
 from server.state import StateStore, StoreUnavailable
 from server.workers import WorkerPool
 
@@ -39,6 +49,7 @@ LOG = logging.getLogger(__name__)
 HEALTH_EVERY_S = 0.5  # how often the status is judged again
 STORE_PROBE_EVERY_S = 1.0  # how often the store's writer is probed
 STORE_PROBE_TIMEOUT_S = 2.0  # a probe unanswered this long counts as a store that cannot write
+POINTER_PROBE_EVERY_S = 2.0  # how often the workers are asked whether they follow the pointer
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -75,6 +86,34 @@ class GatewayHealth:
         self._probe_t0 = 0.0
         self._next_probe = 0.0
         self._published: int | None = None
+        self._pointer: asyncio.Task[None] | None = None
+        self._next_pointer = 0.0
+        self._pointer_published: int | None = None
+
+    async def _probe_pointer(self) -> None:
+        """POINTER_HEALTH_SERVICE from the healthy workers' own: NOT_SERVING if any says so."""
+
+        async def one(w: Any) -> int:
+            try:
+                req = health_pb2.HealthCheckRequest(service=POINTER_HEALTH_SERVICE)
+                return (await w.health.Check(req, timeout=1.0)).status
+            except grpc.aio.AioRpcError:  # NOT_FOUND (a worker that does not watch), or gone
+                return SERVING
+
+        workers = [w for w in self.pool.workers if w.healthy and w.health is not None]
+        statuses = await asyncio.gather(*(one(w) for w in workers))
+        status = NOT_SERVING if NOT_SERVING in statuses else SERVING
+        if status != self._pointer_published:
+            if status == NOT_SERVING:
+                LOG.error("a worker refused the model version the SERVING pointer names (see its log)")
+            await self.servicer.set(POINTER_HEALTH_SERVICE, status)
+            self._pointer_published = status
+
+    def _start_pointer_probe(self, now: float) -> None:
+        if (self._pointer is None or self._pointer.done()) and now >= self._next_pointer:
+            self._pointer = asyncio.ensure_future(self._probe_pointer())
+            self._pointer.add_done_callback(_retrieved)
+            self._next_pointer = now + POINTER_PROBE_EVERY_S
 
     def _probe_store(self, now: float) -> str:
         """The store's state ("" when it can write); starts a probe when one is due."""
@@ -107,6 +146,7 @@ class GatewayHealth:
         return reasons
 
     async def update(self) -> None:
+        self._start_pointer_probe(time.monotonic())
         self.reasons = self.judge()
         status = NOT_SERVING if self.reasons else SERVING
         if status == self._published:

@@ -72,6 +72,7 @@ class Worker:
     in_flight: int = 0
     restarts: int = 0
     failed_checks: int = 0
+    draining: bool = False  # its last health check answered NOT_SERVING (alive, finishing its calls)
     next_restart_at: float = 0.0
     backoff: float = 0.5
     retiring: bool = False  # gone from DNS: no new requests, closed once idle

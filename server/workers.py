@@ -54,6 +54,10 @@ REMOTE_START_GRACE_S = 10.0
 DRAIN_S = 60.0
 
 
+# A local worker answering NOT_SERVING is left this long to finish its calls and exit
+# (worker/rss_guard.py: 0.5 s notice + up to 30 s grace) before it is killed.
+DRAIN_LIMIT_S = 35.0
+DRAIN_LIMIT_CHECKS = int(DRAIN_LIMIT_S / 0.25)  # supervision rounds, one per 0.25 s
 # A restarted worker's old channel: how long its in-flight calls get to fail by themselves.
 CLOSE_GRACE_S = 2.0
 
@@ -173,8 +177,10 @@ class WorkerPool:
             return False
         try:
             r = await w.health.Check(health_pb2.HealthCheckRequest(service=WORKER_SERVICE), timeout=timeout)
+            w.draining = r.status == health_pb2.HealthCheckResponse.NOT_SERVING
             return r.status == health_pb2.HealthCheckResponse.SERVING
         except grpc.aio.AioRpcError:
+            w.draining = False  # no answer at all: hung or gone
             return False
 
     async def _learn_shard(self, w: Worker) -> bool:
@@ -275,7 +281,10 @@ class WorkerPool:
             if w.failed_checks >= 2 and w.healthy:
                 LOG.error("worker %s fails health checks: out of rotation", w.name)
                 w.healthy = False
-        if w.local and (dead or w.failed_checks >= 3) and time.monotonic() >= w.next_restart_at:
+        # A worker that answers NOT_SERVING is draining (recycling past --worker-max-rss, or
+        # stopping): out of rotation, but killed only if it has not exited after DRAIN_LIMIT_S.
+        hung = w.failed_checks >= (DRAIN_LIMIT_CHECKS if w.draining else 3)
+        if w.local and (dead or hung) and time.monotonic() >= w.next_restart_at:
             restarting[w.name] = asyncio.create_task(self._restart(w))
 
     async def _supervise(self) -> None:

@@ -27,6 +27,7 @@ from recgen.tls import server_credentials
 from recgen.worker.v1 import worker_pb2_grpc
 from worker.metrics import Metrics
 from worker.model import LoadedModel
+from worker.rss_guard import RECYCLE_GRACE_S, RECYCLE_NOTICE_S, watch_rss
 from worker.service import WorkerService
 
 LOG = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ async def serve_worker(cfg: WorkerConfig) -> None:
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     service = WorkerService(model, cfg, metrics)
+    first_version = model.name
+    # The service holds the model from here on; a local reference in this long-lived coroutine
+    # kept the first version alive after a hot swap retired it (~600 MiB per worker, docs/soak.md).
+    del model
     worker_pb2_grpc.add_WorkerServicer_to_server(service, server)
     creds = (
         server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
@@ -113,11 +118,13 @@ async def serve_worker(cfg: WorkerConfig) -> None:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    LOG.info("worker serving model %s on %s (%d threads)", model.name, cfg.listen, cfg.threads)
+    LOG.info("worker serving model %s on %s (%d threads)", first_version, cfg.listen, cfg.threads)
 
     stop = asyncio.Event()
+    recycle = asyncio.Event()  # set by the RSS guard: drain before stopping
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    guard = asyncio.create_task(watch_rss(cfg.max_rss, recycle, stop)) if cfg.max_rss else None
     watch = None
     if cfg.parent_pid:
         watch = asyncio.create_task(_watch_parent(cfg.parent_pid, stop))
@@ -126,17 +133,26 @@ async def serve_worker(cfg: WorkerConfig) -> None:
         # Not pinned to a version: follow the repository's SERVING pointer (hot swap).
         from worker.swap import ModelWatcher
 
-        swapper = asyncio.create_task(ModelWatcher(service, Path(cfg.models), cfg.watch_interval).run(stop))
+        watcher = ModelWatcher(service, Path(cfg.models), cfg.watch_interval, health_servicer)
+        swapper = asyncio.create_task(watcher.run(stop))
     await stop.wait()
     if swapper:
         swapper.cancel()
-    LOG.info("worker stopping")
+    LOG.info("worker stopping%s", " to recycle" if recycle.is_set() else "")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(grace=5.0)
+    grace = 5.0
+    if recycle.is_set():
+        # Still answering while the gateway's health checks take this worker out of rotation.
+        await asyncio.sleep(RECYCLE_NOTICE_S)
+        grace = RECYCLE_GRACE_S
+    await server.stop(grace=grace)
+    if guard:
+        guard.cancel()
     service.model.close()
     if watch:
         watch.cancel()
+    LOG.info("worker stopped: every call answered")
 
 
 def run_worker(cfg: WorkerConfig) -> int:

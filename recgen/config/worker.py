@@ -55,6 +55,13 @@ class WorkerConfig:
         help="seconds between checks of the repository's SERVING pointer for a hot swap (0: never; "
         "a worker started with --version never swaps)",
     )
+    max_rss: int = setting(
+        0,
+        name="--worker-max-rss",
+        metavar="MIB",
+        help="MiB of resident memory past which a worker recycles itself: health NOT_SERVING, "
+        "the calls in flight finish, it exits and `recgen serve` starts a fresh one (0: no limit)",
+    )
     parent_pid: int = setting(0, per_process=True, help="exit when this process dies (set by `recgen serve`)")
     tls_cert: str | None = setting(
         None, per_process=True, help="PEM certificate chain for a HOST:PORT listener (enables TLS)"
@@ -93,7 +100,7 @@ class WorkerConfig:
         for name in ("max_batch", "max_seqs", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("threads", "max_delay_ms", "watch_interval", "parent_pid"):
+        for name in ("threads", "max_delay_ms", "watch_interval", "parent_pid", "max_rss"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.max_queue < self.max_batch:

@@ -95,3 +95,47 @@ def test_hung_worker_is_taken_out_and_restarted_while_requests_succeed(
         assert during, "no request was answered while the worker was hung"
         # Detection is by health checks (1 s timeout, out after 2 misses): seconds, not the deadline.
         assert t_out - t_stop < 10.0
+
+
+def test_the_rolling_restart_balancer_sends_new_connections_only_to_live_gateways() -> None:
+    """tools/chaos/rolling.py's Proxy, in front of two real echo servers: a gRPC channel opened
+    after a backend is taken out reaches the other one, and calls through it succeed."""
+    import asyncio
+
+    from tools.chaos.rolling import Proxy
+    from tools.echo_server import running_echo
+
+    def split(target: str) -> tuple[str, int]:
+        host, port = target.rsplit(":", 1)
+        return host, int(port)
+
+    async def calls(target: str, n: int) -> list[str]:
+        codes = []
+        async with grpc.aio.insecure_channel(target) as ch:
+            stub = pbg.RecommenderStub(ch)
+            for i in range(n):
+                try:
+                    await stub.Recommend(pb.RecommendRequest(user_id=f"u{i}", k=3), timeout=5)
+                    codes.append("OK")
+                except grpc.aio.AioRpcError as e:
+                    codes.append(e.code().name)
+        return codes
+
+    async def scenario(a: str, b: str) -> tuple[list[str], dict[str, int], dict[str, int]]:
+        proxy = Proxy()
+        target = await proxy.start()
+        proxy.backends = [split(a), split(b)]
+        try:
+            codes = await calls(target, 3) + await calls(target, 3)  # two channels: one per backend
+            spread = dict(proxy.connections)
+            proxy.backends.remove(split(a))
+            codes += await calls(target, 3) + await calls(target, 3)
+            return codes, spread, dict(proxy.connections)
+        finally:
+            await proxy.close()
+
+    with running_echo() as a, running_echo() as b:
+        codes, spread, after = asyncio.run(scenario(a, b))
+    assert codes == ["OK"] * 12
+    assert spread == {a: 1, b: 1}
+    assert after == {a: 1, b: 3}  # both later connections went to the one left

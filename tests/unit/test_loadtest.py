@@ -238,6 +238,27 @@ def test_cli_needs_a_target() -> None:
     assert proc.returncode == 2 and "--target" in proc.stderr
 
 
+def loadtest_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tools.loadtest", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_fails_on_a_status_a_healthy_server_never_answers() -> None:
+    # Nothing listens there: every request is UNAVAILABLE, which `make loadtest` must not pass.
+    proc = loadtest_cli("--target", f"127.0.0.1:{_free_port()}", "--max-requests", "5", "--timeout", "1")
+    assert proc.returncode == 1, proc.stderr
+    assert "unexpected statuses" in proc.stderr and "UNAVAILABLE" in proc.stderr
+
+
+def test_cli_passes_refusals_past_capacity() -> None:
+    # RESOURCE_EXHAUSTED (and DEADLINE_EXCEEDED) past capacity are measured, not a failure.
+    with running_echo("--delay-ms", "50", "--max-concurrent-rpcs", "1") as target:
+        proc = loadtest_cli("--target", target, "--concurrency", "8", "--max-requests", "40")
+    assert proc.returncode == 0, proc.stderr
+    assert "RESOURCE_EXHAUSTED" in proc.stdout
+
+
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         LoadConfig(explain_share=0.6, stream_share=0.6).validate()

@@ -216,3 +216,18 @@ def test_load_state_puts_the_past_under_real_and_static_ids(tmp_path: Path) -> N
 def test_rfc3339_is_utc() -> None:
     assert rfc3339(0.0) == "1970-01-01T00:00:00Z"
     assert rfc3339(891382309.0) == "1998-03-31T22:11:49Z"
+
+
+def test_the_eval_fails_when_feedback_does_not_lift_known_users() -> None:
+    from tools.replay_eval.__main__ import failed_claims
+
+    def results(hr: float | None, ndcg: float) -> dict:
+        return {
+            "known": {"lift_feedback_over_static": {"hit_rate@10": {"lift": hr}, "ndcg@10": {"lift": ndcg}}}
+        }
+
+    assert failed_claims(results(0.3, 0.2)) == []
+    assert failed_claims(results(0.0, 0.2)) == ["lift of hit_rate@10 for known users is 0.0, not > 0"]
+    assert len(failed_claims(results(None, -0.1))) == 2  # no lift computed is a failure too
+    assert len(failed_claims(results(float("nan"), 0.1))) == 1
+    assert len(failed_claims({})) == 2

@@ -21,10 +21,13 @@ whatever happens. All load is bounded in count and in time.
    random moments, cycle after cycle; unacknowledged events are retried with
    the same event_id. Acknowledged events lost and events duplicated are
    counted in the SQLite file itself.
+6. rolling restart: two gateways on one SQLite file behind one loopback TCP balancer, each
+   taken out, SIGTERMed (drained) and replaced in turn under Recommend and SendFeedback load:
+   failed calls, acknowledged events lost or duplicated.
 
 The table at the end has one row per claim with the figures behind it;
 --json writes every figure. docs/operating.md explains the guarantees.
 
-One module per scenario (worker_faults, deadlines, overload, durability), each with its
+One module per scenario (worker_faults, deadlines, overload, durability, rolling), each with its
 pass criteria and its table row; runner runs them and writes the table and the JSON.
 """

@@ -24,7 +24,7 @@ import grpc
 from recgen.v1 import recommender_pb2 as pb
 from recgen.v1 import recommender_pb2_grpc as pbg
 from server.validation import FEEDBACK_TYPES
-from tools.chaos.plan import WORKDIR, Plan, gateway
+from tools.chaos.plan import Plan, gateway
 from tools.chaos.report import Row
 
 LOG = logging.getLogger(__name__)
@@ -126,12 +126,11 @@ async def feedback_clients(target: str, ledger: Ledger, clients: int) -> Counter
 
 
 def serve_defaults() -> argparse.Namespace:
-    """`recgen serve`'s parsed defaults: what the gateways here ran with."""
-    from recgen import cli
+    """`recgen serve`'s parsed defaults (and RECGEN_* variables): what the gateways here ran with.
+    Through the public parser, so a reshuffle of the CLI's internals cannot break the scenario."""
+    from recgen.cli import build_parser
 
-    p = argparse.ArgumentParser()
-    cli._add_serve(p.add_subparsers(dest="command"))
-    return p.parse_args(["serve", "--models", "unused"])
+    return build_parser().parse_args(["serve", "--models", "unused"])
 
 
 def sqlite_settings(state: Path) -> dict[str, Any]:
@@ -157,13 +156,13 @@ def sqlite_settings(state: Path) -> dict[str, Any]:
     return out
 
 
-def sync_cost(n: int = 100) -> dict[str, Any]:
+def sync_cost(workdir: Path, n: int = 100) -> dict[str, Any]:
     """Commits per second with FULL and NORMAL, and WAL frames one event costs, in a scratch file:
     what NORMAL could lose on power loss is the events committed since the last checkpoint."""
     from server.state import Event, SQLiteStore
 
     out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(dir=WORKDIR) as d:
+    with tempfile.TemporaryDirectory(dir=workdir) as d:
         for mode in ("FULL", "NORMAL"):
             path = Path(d) / f"{mode}.db"
             store = SQLiteStore(path, synchronous=mode)
@@ -187,7 +186,7 @@ def sync_cost(n: int = 100) -> dict[str, Any]:
 
 
 async def durability(models: Path, plan: Plan) -> dict[str, Any]:
-    state = WORKDIR / "durability.db"
+    state = plan.dir / "durability.db"
     ledger = Ledger(plan.max_events)
     rng = random.Random(11)
     codes: Counter[str] = Counter()
@@ -196,7 +195,7 @@ async def durability(models: Path, plan: Plan) -> dict[str, Any]:
     # path never touches it.
     args = ("--workers", "1", "--feedback-rate", "0")
     for c in range(plan.cycles):
-        serve = gateway(models, state, f"durability-{c}", *args).start()
+        serve = gateway(plan, models, state.name, f"durability-{c}", *args).start()
         try:
             sender = asyncio.create_task(feedback_clients(serve.target, ledger, plan.feedback_clients))
             before = len(ledger.acked())
@@ -212,7 +211,7 @@ async def durability(models: Path, plan: Plan) -> dict[str, Any]:
         finally:
             serve.stop(signal.SIGKILL)
     # A last gateway: retry what was never acknowledged, then a clean stop.
-    with gateway(models, state, "durability-final", *args) as serve:
+    with gateway(plan, models, state.name, "durability-final", *args) as serve:
         ledger.max_events = len(ledger.events)  # no new events, retries only
         for _ in range(5):
             if not ledger.retry:
@@ -249,7 +248,7 @@ async def durability(models: Path, plan: Plan) -> dict[str, Any]:
         "unknown_in_file": len(set(stored) - set(sent)),
         "payload_mismatch": wrong,
         "sqlite": settings,
-        "sync_cost": sync_cost(),
+        "sync_cost": sync_cost(plan.dir),
     }
 
 

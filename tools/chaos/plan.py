@@ -17,6 +17,7 @@ class Plan:
     """Sizes of one run; --quick shrinks the durations and the cycles."""
 
     quick: bool = False
+    workdir: str = str(WORKDIR)  # state files and logs (--workdir); a str so that the JSON holds it
     rate: float = 30.0  # steady load for the worker faults, requests/s (open loop)
     explain_share: float = 0.05  # of that load
     timeout: float = 5.0  # caller's deadline, plain Recommend and SendFeedback
@@ -40,12 +41,17 @@ class Plan:
     short_text_deadline_s: float = 0.25
     short_text_requests: int = 60
 
+    @property
+    def dir(self) -> Path:
+        return Path(self.workdir)
+
     @classmethod
-    def make(cls, quick: bool) -> Plan:
+    def make(cls, quick: bool, workdir: Path = WORKDIR) -> Plan:
         if not quick:
-            return cls()
+            return cls(workdir=str(workdir))
         return cls(
             quick=True,
+            workdir=str(workdir),
             warm_s=3.0,
             tail_s=3.0,
             cycles=5,
@@ -57,6 +63,9 @@ class Plan:
         )
 
 
-def gateway(models: Path, state: Path, name: str, *args: str) -> Gateway:
-    """A chaos gateway (not started): 127.0.0.1, kernel-chosen ports, metrics on, logs in WORKDIR."""
-    return Gateway(models, state, *args, name=name, host="127.0.0.1", metrics=True, log_dir=WORKDIR)
+def gateway(plan: Plan, models: Path, state: str, name: str, *args: str) -> Gateway:
+    """A chaos gateway (not started): 127.0.0.1, kernel-chosen ports, metrics on, its state file
+    `state` and its logs in the plan's workdir."""
+    return Gateway(
+        models, plan.dir / state, *args, name=name, host="127.0.0.1", metrics=True, log_dir=plan.dir
+    )

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import tools.chaos
-from tools.chaos import deadlines, durability, overload, worker_faults
+from tools.chaos import deadlines, durability, overload, rolling, worker_faults
 from tools.chaos.client import seed_histories
 from tools.chaos.plan import WORKDIR, Plan, gateway
 from tools.chaos.report import Row, table
 
 LOG = logging.getLogger(__name__)
-SCENARIOS = ("deadlines", "sigkill", "sigstop", "overload", "durability")
+SCENARIOS = ("deadlines", "sigkill", "sigstop", "overload", "durability", "rolling")
 # results key -> its table row, in the table's order
 ROWS: tuple[tuple[str, Callable[[dict[str, Any]], Row]], ...] = (
     ("worker_sigkill", lambda f: worker_faults.row("worker_sigkill", f)),
@@ -36,6 +36,7 @@ ROWS: tuple[tuple[str, Callable[[dict[str, Any]], Row]], ...] = (
     ("deadlines", deadlines.row),
     ("overload", overload.row),
     ("durability", durability.row),
+    ("rolling", rolling.row),
 )
 
 
@@ -56,7 +57,7 @@ async def run(models: Path, plan: Plan, only: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     t = time.perf_counter()
     if only & {"sigkill", "sigstop", "deadlines"}:
-        with gateway(models, WORKDIR / "faults.db", "faults", "--workers", "2") as serve:
+        with gateway(plan, models, "faults.db", "faults", "--workers", "2") as serve:
             results["startup_s"] = round(serve.started_s, 1)
             await seed_histories(serve.target, plan.seeded_users)
             if "deadlines" in only:
@@ -71,12 +72,15 @@ async def run(models: Path, plan: Plan, only: set[str]) -> dict[str, Any]:
     if "overload" in only:
         LOG.info("overload")
         args = ("--workers", "2", "--max-in-flight", str(plan.max_in_flight))
-        with gateway(models, WORKDIR / "overload.db", "overload", *args) as serve:
+        with gateway(plan, models, "overload.db", "overload", *args) as serve:
             await seed_histories(serve.target, plan.seeded_users)
             results["overload"] = await overload.overload(serve, plan)
     if "durability" in only:
         LOG.info("durability")
         results["durability"] = await durability.durability(models, plan)
+    if "rolling" in only:
+        LOG.info("rolling restart")
+        results["rolling"] = await rolling.rolling_restart(models, plan)
     results["elapsed_s"] = round(time.perf_counter() - t, 1)
     return results
 
@@ -91,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {','.join(SCENARIOS)}"
     )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=WORKDIR,
+        help="state files and process logs: a new or empty directory (default: var/chaos, emptied first)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
@@ -102,14 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown scenarios {sorted(only - set(SCENARIOS))}")
     models = Path(args.models).resolve()
     version = newest_version(models)
-    plan = Plan.make(args.quick)
-    shutil.rmtree(WORKDIR, ignore_errors=True)
-    WORKDIR.mkdir(parents=True)
+    plan = Plan.make(args.quick, args.workdir.resolve())
+    if plan.dir == WORKDIR:
+        shutil.rmtree(WORKDIR, ignore_errors=True)
+    elif plan.dir.exists() and any(plan.dir.iterdir()):
+        p.error(f"--workdir {plan.dir} is not empty")  # never delete what a caller named
+    plan.dir.mkdir(parents=True, exist_ok=True)
     results = asyncio.run(run(models, plan, only))
     rs = rows(results)
     print(table(rs))
     failed = sum(not r.ok for r in rs)
-    print(f"\n{len(rs)} scenarios, {failed} failed, {results['elapsed_s']} s; logs in {WORKDIR}")
+    print(f"\n{len(rs)} scenarios, {failed} failed, {results['elapsed_s']} s; logs in {plan.dir}")
     if args.json:
         doc = {
             "meta": {

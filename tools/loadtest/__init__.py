@@ -24,7 +24,8 @@ sent and counts as DEADLINE_EXCEEDED (and in `expired_before_send`).
 Library use: `report = await run_load(LoadConfig(target=..., rate=100))`.
 
 Modules: config (LoadConfig), workload (the requests), run (run_load, run_points on
-tools.harness.load's schedule), report (Report, JSON, tables), plot, ghz, cli.
+tools.harness.load's schedule), report (Report, JSON, tables), plot, ghz, serve (the
+--serve gateway), cli.
 """
 
 from tools.loadtest.config import DEFAULT_ITEMS, KINDS, LoadConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 import tools.loadtest
 from tools.loadtest.config import CLIENTS_PER_CHANNEL, DEFAULT_ITEMS, LoadConfig
 from tools.loadtest.plot import plot
-from tools.loadtest.report import Report, summary_table, workload, write_json
+from tools.loadtest.report import Report, summary_table, unexpected_statuses, workload, write_json
 from tools.loadtest.run import run_points, wait_ready
 
 
@@ -33,6 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="See docs/loadtest.md.",
     )
     p.add_argument("--target", help="HOST:PORT of a recgen.v1.Recommender server")
+    p.add_argument(
+        "--serve",
+        metavar="MODELS",
+        help="start `recgen serve --models MODELS` on 127.0.0.1 for the run and stop it after "
+        "(instead of --target)",
+    )
+    p.add_argument("--serve-workers", type=int, default=2, help="--workers of --serve (default 2)")
+    p.add_argument(
+        "--state", default=None, help="--state of --serve (default: a fresh file in a temporary directory)"
+    )
     p.add_argument("--name", default="", help="label of --target in the output (default: recgen)")
     p.add_argument(
         "--echo",
@@ -178,10 +188,19 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not args.target and not args.echo:
-        build_parser().error("give --target HOST:PORT and/or --echo")
+    if not args.target and not args.echo and not args.serve:
+        build_parser().error("give --target HOST:PORT, --serve MODELS and/or --echo")
+    if args.target and args.serve:
+        build_parser().error("give --target or --serve, not both")
     try:
-        reports = asyncio.run(_main_async(args))
+        if args.serve:
+            from tools.loadtest.serve import served
+
+            with served(args.serve, args.serve_workers, args.state) as target:
+                args.target = target
+                reports = asyncio.run(_main_async(args))
+        else:
+            reports = asyncio.run(_main_async(args))
     except (ValueError, TimeoutError, RuntimeError) as e:
         print(f"loadtest: {e}", file=sys.stderr)
         return 2
@@ -197,5 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.json, reports, {"workload": workload(config_from_args(args))})
     if args.plot:
         plot(reports, args.plot)
-    # Exit status 0 even when the server answered errors: they are measured, not a failure of the tool.
+    # DEADLINE_EXCEEDED and RESOURCE_EXHAUSTED past capacity are measured, not a failure; any other
+    # status (INTERNAL, UNAVAILABLE from a healthy server, ...) is a bug the run must not hide.
+    bad = unexpected_statuses(reports)
+    if bad:
+        print(f"loadtest: FAIL: unexpected statuses {bad}", file=sys.stderr)
+        return 1
     return 0

@@ -220,3 +220,21 @@ def summary_table(reports: Sequence[Report]) -> str:
             f"{r.errors:>8}{r.client_cpu:>6.2f}"
         )
     return "\n".join(lines)
+
+
+# What a healthy server may answer under a bounded load: OK, or the load was past its capacity
+# (a deadline passed, or --max-in-flight refused the request early). Anything else is a bug.
+EXPECTED_STATUSES = frozenset({"OK", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"})
+
+
+def unexpected_statuses(reports: Sequence[Report]) -> dict[str, int]:
+    """{"TARGET MODE LEVEL STATUS": count} of every status outside EXPECTED_STATUSES, for the
+    server under test; the echo baseline is only measured (past its ceiling the gRPC stack itself
+    answers CANCELLED, docs/loadtest.md)."""
+    return {
+        f"{r.name} {r.mode} {r.level:g} {code}": n
+        for r in reports
+        if r.name != "echo"
+        for code, n in sorted(r.status_counts.items())
+        if code not in EXPECTED_STATUSES and n
+    }
