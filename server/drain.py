@@ -14,10 +14,13 @@ grpc Python has no call that sends GOAWAY and goes on serving, but the connectio
 does exactly that (gRFC A9): GOAWAY, the connection's calls finish, the client opens a new
 connection (through the balancer, to another gateway) for its next call; a call it sent before
 it read the GOAWAY is still served, since the server is not stopping (tests/e2e/
-test_connection_age.py: no call fails across cycles). So the public port's connection age is
-bounded by the grace (`connection_age_s`), and the drain waits until the connections that were
-open have had their GOAWAY and left (counted in grpc's own channelz registry) before it stops
-the server (tests/unit/test_drain.py).
+test_connection_age.py: no call fails across cycles). So when the connection age fits in the
+grace (`--max-connection-age-s` at most half of `--grace`: `drain_fits`), the drain waits until
+the connections that were open have had their GOAWAY and left (counted in grpc's own channelz
+registry) before it stops the server (tests/unit/test_drain.py). The age is not capped for the
+operator: every connection's calls then face a GOAWAY every few seconds, and a large request
+(over grpc's 256 KiB retry buffer) or a long ImportEvents stream that meets one fails UNAVAILABLE;
+a long age (the default, 300 s) keeps those safe, and its drain stops at once, as before.
 
 What it does not do: keep a balancer from opening new connections to a draining gateway. Take
 it out of the balancer first (Kubernetes: the preStop pause); a connection opened during the
@@ -36,21 +39,15 @@ import grpc
 LOG = logging.getLogger(__name__)
 
 AGE_SHARE_OF_GRACE = 0.5  # connections cycle within half the grace: the rest is for calls in flight
-MIN_AGE_S = 1.0  # below this a tiny --grace would cycle connections many times a second
 AGE_JITTER = 0.1  # grpc core spreads each connection's age by +-10% (gRFC A9)
 GOAWAY_SLACK_S = 0.5  # GOAWAY's ping round trip, then the calls the connection had in flight
 POLL_S = 0.05
 
 
-def connection_age_s(max_age_s: float, grace_s: float) -> float:
-    """The connection age the public port uses: the configured one, at most half the grace (and
-    at least MIN_AGE_S), so that a drain can move every client off before it stops the server.
-    0 (cycling turned off) stays 0, and then the drain cannot move clients first."""
-    if max_age_s <= 0:
-        return 0.0
-    if grace_s <= 0:
-        return max_age_s
-    return min(max_age_s, max(MIN_AGE_S, grace_s * AGE_SHARE_OF_GRACE))
+def drain_fits(age_s: float, grace_s: float) -> bool:
+    """Whether every connection open at SIGTERM gets its age GOAWAY within the grace, with half
+    of the grace left for the calls in flight: only then can the drain move clients off first."""
+    return 0 < age_s <= grace_s * AGE_SHARE_OF_GRACE
 
 
 def _cygrpc() -> Any:
@@ -96,7 +93,14 @@ async def drain(server: grpc.aio.Server, server_id: int | None, *, grace_s: floa
     loop = asyncio.get_running_loop()
     t0 = loop.time()
     left = open_connections(server_id)
-    if age_s > 0 and grace_s > 0 and left != 0:
+    if not drain_fits(age_s, grace_s):
+        LOG.info(
+            "drain: connection age %.1f s does not fit in half the grace (%.1f s): stopping now;"
+            " calls that reach the server as it stops can end CANCELLED (server/drain.py)",
+            age_s,
+            grace_s,
+        )
+    elif left != 0:
         # Every connection open now has had its GOAWAY by this bound, and its calls have moved.
         bound = min(grace_s, age_s * (1 + AGE_JITTER) + GOAWAY_SLACK_S)
         while loop.time() - t0 < bound:

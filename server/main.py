@@ -32,7 +32,7 @@ from server.access_log import AccessLog
 from server.auth import HEALTH_SERVICE, AuthInterceptor, load_tokens
 from server.catalog import CatalogSync
 from server.discovery import parse_worker_addresses
-from server.drain import connection_age_s, drain, new_server_id, server_ids
+from server.drain import drain, new_server_id, server_ids
 from server.errors import ErrorStatus
 from server.feedback import HISTORY_CAP
 from server.health import GatewayHealth, HealthServicer
@@ -74,19 +74,13 @@ def connection_age_options(cfg: ServeConfig) -> list[tuple[str, int]]:
     balancer (a Kubernetes Service) pins it to one gateway forever and new
     replicas get no traffic. Past the age the server sends GOAWAY: calls in
     flight get the grace period to finish, and the client's channel opens a new
-    connection (re-balanced) for the next call without failing any. 0 disables. The age is at
-    most half of --grace: the SIGTERM drain relies on this GOAWAY to move clients off
-    (server/drain.py).
+    connection (re-balanced) for the next call without failing any. 0 disables. With an age
+    at most half of --grace the SIGTERM drain uses this GOAWAY to move clients off before it
+    stops (server/drain.py).
     """
-    age = connection_age_s(cfg.max_connection_age_s, cfg.grace)
+    age = cfg.max_connection_age_s
     if age <= 0:
         return []
-    if age < cfg.max_connection_age_s:
-        LOG.info(
-            "connection age %.1f s (--max-connection-age-s %.1f: at most half of --grace)",
-            age,
-            cfg.max_connection_age_s,
-        )
     return [
         ("grpc.max_connection_age_ms", int(age * 1000)),
         ("grpc.max_connection_age_grace_ms", int(cfg.max_connection_age_grace_s * 1000)),
@@ -252,7 +246,7 @@ async def serve(cfg: ServeConfig) -> None:
     await gw.health.drain()
     # Clients leave on their connection's GOAWAY while the server serves on; only then does it
     # stop (refusing new calls) and let the calls in flight finish.
-    age = connection_age_s(cfg.max_connection_age_s, cfg.grace)
+    age = cfg.max_connection_age_s
     await drain(gw.server, gw.channelz_id, grace_s=cfg.grace, age_s=age)
     served.set()
     await flusher

@@ -115,9 +115,9 @@ class ServeConfig:
     max_in_flight: int = setting(256, help="admission limit; excess gets RESOURCE_EXHAUSTED")
     max_connection_age_s: float = setting(
         300.0,
-        help="close (GOAWAY) each client connection after this age so load balancers re-balance; at most "
-        "half of --grace, so that a SIGTERM drain moves every client off first (0: never, and then a "
-        "drain can end calls CANCELLED)",
+        help="close (GOAWAY) each client connection after this age so load balancers re-balance (0: never); "
+        "at most half of --grace, a SIGTERM drain moves every client off before it stops, so no call "
+        "ends CANCELLED (but large requests and long imports then meet a GOAWAY more often)",
     )
     max_connection_age_grace_s: float = setting(
         30.0, help="time calls in flight on an aged connection get to finish"

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.drain import MIN_AGE_S, connection_age_s
+from server.drain import drain_fits
 from tools.chaos.rolling import Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,12 +30,11 @@ METHOD = "/drain.test.Echo/Echo"
 AGE_S = 1.0  # the servers' connection age: the drain waits for it (up to 1.1 s + slack)
 
 
-def test_connection_age_is_bounded_by_half_the_grace() -> None:
-    assert connection_age_s(300.0, 10.0) == 5.0
-    assert connection_age_s(2.0, 10.0) == 2.0  # a shorter configured age is kept
-    assert connection_age_s(0.0, 10.0) == 0.0  # cycling off stays off
-    assert connection_age_s(300.0, 0.5) == MIN_AGE_S
-    assert connection_age_s(300.0, 0.0) == 300.0  # no grace: nothing to fit in
+def test_the_drain_waits_only_when_the_age_fits_in_half_the_grace() -> None:
+    assert drain_fits(5.0, 10.0) and drain_fits(2.0, 10.0)
+    assert not drain_fits(300.0, 10.0)  # the default age: stop at once, as before
+    assert not drain_fits(0.0, 10.0)  # cycling off: nothing moves clients
+    assert not drain_fits(5.0, 0.0)
 
 
 def _serve() -> None:

@@ -36,7 +36,9 @@ from tools.chaos.report import Row, ms, pct
 from tools.harness.procs import Gateway
 
 LOG = logging.getLogger(__name__)
-GATEWAY_ARGS = ("--workers", "1", "--user-cache", "0")
+# --max-connection-age-s 5 (half the default --grace 10): the drain can then move every client off
+# before the server stops, so no call ends CANCELLED (server/drain.py).
+GATEWAY_ARGS = ("--workers", "1", "--user-cache", "0", "--max-connection-age-s", "5")
 
 
 class Proxy:
