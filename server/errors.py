@@ -42,6 +42,7 @@ from recgen import tracing
 from recgen.logs import request_id
 from recgen.v1 import recommender_pb2
 from server.access_log import REQUEST_ID_KEY, AccessLog, RequestIds
+from server.metrics import GatewayMetrics
 from server.state import Conflict, StoreUnavailable
 from server.validation import InvalidArgument
 from server.workers import NoWorkerAvailable
@@ -95,23 +96,16 @@ class CallObserver:
     """What happens around every call: request id (x-request-id in, response header out, in
     every log line), the server span, the metrics and the access line. One per server."""
 
-    def __init__(self, metrics: Any = None, access_log: AccessLog | None = None) -> None:
+    def __init__(self, metrics: GatewayMetrics | None = None, access_log: AccessLog | None = None) -> None:
         self.metrics = metrics
         self.access_log = access_log
         self.request_ids = RequestIds()
-        # server/metrics.py's observe_request gains a `text` keyword (Recommend with text has its
-        # own histogram); until then it is called without. Decided once, not per call.
-        observe = getattr(metrics, "observe_request", None)
-        self._text_kw = observe is not None and "text" in inspect.signature(observe).parameters
-        self._started = getattr(metrics, "request_started", None)  # calls in progress, where counted
 
     def finish(self, call: _Call, seconds: float) -> None:
         if self.metrics is not None:
-            if self._text_kw:
-                text = call.method == "StreamRecommend" or bool(getattr(call.request, "explain", False))
-                self.metrics.observe_request(call.method, call.code, seconds, text=text)
-            else:
-                self.metrics.observe_request(call.method, call.code, seconds)
+            # A call that writes text has its own latency series (seconds, not milliseconds).
+            text = call.method == "StreamRecommend" or bool(getattr(call.request, "explain", False))
+            self.metrics.observe_request(call.method, call.code, seconds, text=text)
         if self.access_log is not None:
             self.access_log.record(call.method, call.code, seconds, call.request)
 
@@ -132,8 +126,8 @@ class CallObserver:
                 async with _status(context, call, None):
                     yield
                 return
-            if self._started is not None:
-                self._started(call.method)
+            if self.metrics is not None:
+                self.metrics.request_started(call.method)
             with tracing.span(
                 f"{SERVICE_NAME}/{call.method}",
                 parent if isinstance(parent, str) else "",

@@ -60,6 +60,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, bool]] = []
+        self.started: list[str] = []
+
+    def request_started(self, method: str) -> None:
+        self.started.append(method)
 
     def observe_request(
         self, method: str, code: grpc.StatusCode, seconds: float, *, text: bool = False
