@@ -129,9 +129,9 @@ class RecommenderService(pbg.RecommenderServicer):
         self._request_ids = RequestIds()
 
     def _log_request(
-        self, method: str, p: Prepared, t0: float, t_rank: float, resp: pb.RecommendResponse
+        self, method: str, p: Prepared, t0: float, t_rank: float, resp: pb.RecommendResponse, items: int
     ) -> None:
-        """One line per request at debug level: ids and timings, no raw user id."""
+        """One line per request at debug level: ids, items answered and timings, no raw user id."""
         if LOG.isEnabledFor(logging.DEBUG):
             now = time.perf_counter()
             LOG.debug(
@@ -142,7 +142,7 @@ class RecommenderService(pbg.RecommenderServicer):
                 self.user_ids(p.req.user_id),
                 p.req.k,
                 p.req.explain,
-                len(resp.items),
+                items,
                 (t_rank - t0) * 1e3,
                 (now - t_rank) * 1e3,
                 (now - t0) * 1e3,
@@ -151,6 +151,7 @@ class RecommenderService(pbg.RecommenderServicer):
                     "fields": {
                         "request_id": p.request_id,
                         "method": method,
+                        "items": items,
                         "rank_ms": round((t_rank - t0) * 1e3, 2),
                         "total_ms": round((now - t0) * 1e3, 2),
                     }
@@ -279,7 +280,7 @@ class RecommenderService(pbg.RecommenderServicer):
                 self._finish(resp, text, final)
             elif p.req.explain:  # a filter left nothing to present: say so
                 self._finish(resp, "", wpb.GenerateResponse(finished=True, reason="no items to present"))
-            self._log_request("Recommend", p, t0, t_rank, resp)
+            self._log_request("Recommend", p, t0, t_rank, resp, len(resp.items))
             return resp
 
     async def RecommendBatch(
@@ -352,7 +353,8 @@ class RecommenderService(pbg.RecommenderServicer):
                     final = piece
             last = pb.RecommendResponse(request_id=p.request_id, model_version=ranked.model_version)
             self._finish(last, text, final)
-            self._log_request("StreamRecommend", p, t0, t_rank, last)
+            # The items went out in the first message: `last` carries only the text.
+            self._log_request("StreamRecommend", p, t0, t_rank, last, len(first.items))
             yield pb.StreamRecommendResponse(final=last)
 
     async def SendFeedback(

@@ -52,3 +52,28 @@ def test_gateway_and_workers_log_json_lines(model_root: Path, tmp_path: Path) ->
     assert access[0]["request_id"] == "json-1" and access[0]["code"] == "OK"
     assert access[0]["method"] == "Recommend" and access[0]["k"] == 3
     assert access[0]["user"].startswith("u:") and access[0]["duration_ms"] > 0
+
+
+def test_the_debug_line_of_a_stream_counts_the_items_it_streamed(model_root: Path, tmp_path: Path) -> None:
+    # The items of a StreamRecommend go out in its first message; the debug line once read
+    # them from the final one and said items=0.
+    with Gateway(
+        model_root,
+        tmp_path / "state.db",
+        "--workers",
+        "1",
+        cli_args=("--log-format", "json", "--log-level", "DEBUG"),
+        log_dir=tmp_path,
+    ) as gw:
+        with grpc.insecure_channel(gw.target) as ch:
+            stream = pbg.RecommenderStub(ch).StreamRecommend(
+                pb.StreamRecommendRequest(request=pb.RecommendRequest(user_id="u1", k=3)), timeout=60
+            )
+            streamed = next(m.items for m in stream if m.HasField("items"))
+            for _ in stream:
+                pass
+    log = (tmp_path / "serve.log").read_text().splitlines()
+    records = [json.loads(line) for line in log if line.strip() and not line.startswith("=== ")]
+    lines = [r for r in records if r.get("method") == "StreamRecommend" and r["logger"] == "server.service"]
+    assert len(streamed.items) == 3 and len(lines) == 1, lines
+    assert lines[0]["items"] == 3, lines[0]
