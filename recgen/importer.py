@@ -43,9 +43,10 @@ import argparse
 import csv
 import hashlib
 import json
+import os
 import sys
 import time
-from collections.abc import Container, Iterator
+from collections.abc import Container, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="load feedback events from a CSV file into the state store (idempotent by event_id)",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("--state", required=True, help="the serve --state value: a SQLite file or postgresql://")
+    p.add_argument(
+        "--state",
+        default=os.environ.get("RECGEN_STATE"),
+        help="the serve --state value: a SQLite file or postgresql:// (env RECGEN_STATE); a URL "
+        "with a password is refused here, because the command line is visible to every local "
+        "user: give it through RECGEN_STATE or --state-file",
+    )
+    p.add_argument(
+        "--state-file",
+        default=os.environ.get("RECGEN_STATE_FILE"),
+        help="read --state from FILE (its first line): how to give a password (env RECGEN_STATE_FILE)",
+    )
     p.add_argument(
         "--events",
         required=True,
@@ -210,10 +222,39 @@ class _AnyItem:
         return True
 
 
+def _state(args: argparse.Namespace, argv: Sequence[str]) -> str:
+    """The state store to write: --state-file's first line, else --state (from the command line
+    only when it holds no password; RECGEN_STATE may hold one), as `serve` takes its secret."""
+    from recgen.config.flags import holds_password
+
+    if args.state_file:
+        try:
+            line = Path(args.state_file).read_text().splitlines()[:1]
+        except OSError as e:
+            raise ValueError(f"--state-file: {e.strerror}: {args.state_file}") from None
+        if not line or not line[0].strip():
+            raise ValueError(f"--state-file {args.state_file}: its first line is empty")
+        return line[0].strip()
+    if not args.state:
+        raise ValueError("--state (or RECGEN_STATE, or --state-file) is required")
+    on_command_line = any(a == "--state" or a.startswith("--state=") for a in argv)
+    if on_command_line and holds_password(args.state):
+        raise ValueError(
+            "--state: the value holds a secret (a password), and the command line is visible to "
+            "every local user: give it through RECGEN_STATE or --state-file"
+        )
+    return str(args.state)
+
+
 def run_import(args: argparse.Namespace) -> int:
     from server.bulk_import import BadRow, events_from_pb
     from server.state import Conflict, StoreUnavailable, open_store
 
+    try:
+        state = _state(args, sys.argv)
+    except ValueError as e:
+        print(f"recgen import: {e}", file=sys.stderr)
+        return 2
     path = Path(args.events)
     name = path.name
     if args.batch < 1:
@@ -224,7 +265,7 @@ def run_import(args: argparse.Namespace) -> int:
         return 2
     t0 = time.perf_counter()
     try:
-        store = open_store(args.state)
+        store = open_store(state)
     except StoreUnavailable as e:
         print(f"recgen import: {e}", file=sys.stderr)
         return 1
