@@ -254,6 +254,8 @@ async def serve(cfg: ServeConfig) -> None:
         await catalog_poll
     if gw.metrics_server is not None:
         gw.metrics_server.close()
+    if gw.service.worker_calls.rank_batcher is not None:  # the workers need not wait on its streams
+        await gw.service.worker_calls.rank_batcher.close()
     await gw.pool.stop()
     gw.store.close()
     LOG.info("stopped")

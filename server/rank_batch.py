@@ -16,9 +16,21 @@ status its own Rank call would have had, and a failure of the whole RPC
 `WorkerCalls.call_worker` (server/worker_calls.py) retries each on another
 worker as before.
 
+The batches travel on one long-lived link per lane: to a worker on this host,
+its rank socket (frames on a unix socket, server/rank_socket.py: no gRPC per
+batch on either end); to any other, one RankStream (`_Stream`): a unary call
+per batch costs both Python ends a call's setup (call object, metadata,
+deadline timer). docs/perf/README.md has what each costs. A link answers in
+order; a batch's deadline travels in the message and is also kept here by a
+timer. A link that breaks fails the batches on it with UNAVAILABLE (retried
+elsewhere like any unreachable worker's), and the next batch opens a new one;
+an idle RankStream is closed after IDLE_CLOSE_S, so a draining worker's grace
+is not held by it.
+
 What it does not do: choose workers (the caller passes the one it picked),
-retry, or change any request. A worker that does not know RankRows (an
-older remote one) gets plain Rank calls from then on.
+retry, or change any request. A worker that does not know RankStream gets
+unary RankRows calls, and one that does not know RankRows (an older remote
+one) plain Rank calls, from then on.
 """
 
 from __future__ import annotations
@@ -32,10 +44,13 @@ from dataclasses import dataclass, field
 import grpc
 
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.rank_socket import RankSocketLink
 from server.ranked import Ranked, from_rank_response, rank_request, rpc_error, unpack
 from server.workers import Worker
 
 LOG = logging.getLogger(__name__)
+
+IDLE_CLOSE_S = 0.5  # a lane's stream with no batch for this long is closed (reopened on demand)
 
 __all__ = ["RankBatcher", "rank_alone", "rpc_error"]
 
@@ -63,6 +78,112 @@ class _Waiting:
     deadline: float | None  # time.monotonic() seconds
 
 
+class _Stream:
+    """One lane's RankStream call: batches written in order, answered in order (batch_id checked)."""
+
+    def __init__(self, worker: Worker) -> None:
+        assert worker.stub is not None
+        self.worker = worker
+        self.call = worker.stub.RankStream()
+        self.pending: deque[tuple[int, asyncio.Future[wpb.RankRowsResponse]]] = deque()
+        self.closed = False
+        self.last_sent = time.monotonic()
+        self._write_lock = asyncio.Lock()  # one write at a time (several batches in flight)
+        self._next_id = 0
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read())
+        self._idle = loop.call_later(IDLE_CLOSE_S, self._check_idle)
+
+    async def ask(self, request: wpb.RankRowsRequest, timeout: float | None) -> wpb.RankRowsResponse:
+        """The worker's answer to one batch, within `timeout` (then DEADLINE_EXCEEDED, as a unary
+        call's deadline would end it; the stream stays open and the late answer is dropped).
+        Raises the stream's failure: UNAVAILABLE, or UNIMPLEMENTED from a worker without it."""
+        self._next_id += 1
+        request.batch_id = self._next_id
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[wpb.RankRowsResponse] = loop.create_future()
+        self.pending.append((self._next_id, future))  # before the write: the answer may come first
+        self.last_sent = time.monotonic()
+        timer = None
+        if timeout is not None:
+            request.timeout_s = timeout
+            timer = loop.call_later(timeout, _expire, future)
+        try:
+            try:
+                async with self._write_lock:
+                    await self.call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as e:
+                # The stream ended: the reader fails what is pending, this batch included.
+                if not future.done():
+                    future.set_exception(_broken(self.worker, e))
+            return await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    async def _read(self) -> None:
+        name = self.worker.name
+        error: BaseException = rpc_error(grpc.StatusCode.UNAVAILABLE, f"worker {name} ended its rank stream")
+        try:
+            while True:
+                reply = await self.call.read()
+                if reply is grpc.aio.EOF:
+                    break
+                batch_id, future = self.pending.popleft()
+                if reply.batch_id != batch_id:  # a bug: nothing on this stream can be trusted
+                    raise RuntimeError(f"rank stream answered batch {reply.batch_id}, expected {batch_id}")
+                if not future.done():  # not timed out meanwhile
+                    future.set_result(reply)
+        except grpc.aio.AioRpcError as e:
+            error = _broken(self.worker, e)
+        except asyncio.CancelledError:
+            error = rpc_error(grpc.StatusCode.UNAVAILABLE, f"rank stream to {self.worker.name} closed")
+        except Exception as e:  # a bug: fail the batches on it (INTERNAL), never strand them
+            LOG.exception("rank stream to %s failed", self.worker.name)
+            error = e
+        finally:
+            self.closed = True
+            self._idle.cancel()
+            while self.pending:
+                _, future = self.pending.popleft()
+                if not future.done():
+                    future.set_exception(error)
+
+    def _check_idle(self) -> None:
+        if self.closed:
+            return
+        idle = time.monotonic() - self.last_sent
+        if idle >= IDLE_CLOSE_S and not self.pending:
+            self.close()
+        else:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(max(0.0, IDLE_CLOSE_S - idle), self._check_idle)
+
+    def close(self) -> None:
+        """End the stream now; batches still pending on it fail with UNAVAILABLE."""
+        self.closed = True
+        self._idle.cancel()
+        self.call.cancel()
+
+
+def _expire(future: asyncio.Future[wpb.RankRowsResponse]) -> None:
+    if not future.done():
+        future.set_exception(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
+
+
+def _broken(worker: Worker, e: BaseException) -> BaseException:
+    """A stream's failure as each batch on it sees it: UNIMPLEMENTED as is (an older worker),
+    anything else UNAVAILABLE, so the request is asked again on another worker (ranking has no
+    side effects) as after any unreachable worker."""
+    if isinstance(e, grpc.aio.AioRpcError):
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            return e
+        return rpc_error(
+            grpc.StatusCode.UNAVAILABLE, f"rank stream to {worker.name} failed: {e.code().name} {e.details()}"
+        )
+    return rpc_error(grpc.StatusCode.UNAVAILABLE, f"rank stream to {worker.name} failed: {e}")
+
+
 @dataclass
 class _Lane:
     worker: Worker
@@ -70,6 +191,47 @@ class _Lane:
     in_flight: int = 0  # batch RPCs sent and not yet answered
     scheduled: bool = False  # a send is queued for the end of this loop turn
     batched: bool = True  # False once the worker answered RankRows with UNIMPLEMENTED
+    streamed: bool = True  # False once the worker answered RankStream with UNIMPLEMENTED
+    # The worker's restart count when it offered no rank socket (TCP, older, or draining): not
+    # asked again until it is restarted. None: ask.
+    socket_off: int | None = None
+    stream: _Stream | RankSocketLink | None = None  # where the lane's batches go now
+    opening: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def usable(self) -> _Stream | RankSocketLink | None:
+        s = self.stream
+        return s if s is not None and not s.closed and s.worker is self.worker else None
+
+    async def open_stream(self) -> _Stream | RankSocketLink:
+        """The lane's link to its current worker, opened if there is none (or it ended, or the
+        worker was replaced): the worker's rank socket when it is on this host and offers one,
+        else a RankStream."""
+        async with self.opening:  # one opening at a time: batches in flight share the result
+            s = self.usable()
+            if s is not None:
+                return s
+            if self.stream is not None:
+                self.stream.close()
+            worker = self.worker
+            link: _Stream | RankSocketLink | None = None
+            if self.socket_off != worker.restarts and worker.address.startswith("unix:"):
+                assert worker.stub is not None
+                try:
+                    path = (await worker.stub.RankSocket(wpb.RankSocketRequest(), timeout=5.0)).path
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise  # unreachable: this batch fails UNAVAILABLE and is asked elsewhere
+                    path = ""
+                if path:
+                    try:
+                        link = await RankSocketLink.connect(worker, path)
+                    except OSError as e:  # e.g. the gateway is in another mount namespace
+                        LOG.warning("rank socket %s of %s: %s; RankStream instead", path, worker.name, e)
+                        self.socket_off = worker.restarts
+                else:
+                    self.socket_off = worker.restarts
+            self.stream = link or _Stream(worker)
+            return self.stream
 
 
 class RankBatcher:
@@ -152,9 +314,18 @@ class RankBatcher:
             assert worker.stub is not None
             self.batches += 1
             self.requests += len(batch)
-            reply = await worker.stub.RankRows(
-                wpb.RankRowsRequest(rows=[w.row for w in batch]), timeout=timeout
-            )
+            request = wpb.RankRowsRequest(rows=[w.row for w in batch])
+            reply = None
+            if lane.streamed:
+                try:
+                    reply = await self._on_stream(lane, request, timeout)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNIMPLEMENTED:
+                        raise
+                    LOG.warning("worker %s has no RankStream: a RankRows call per batch now", worker.name)
+                    lane.streamed = False
+            if reply is None:
+                reply = await worker.stub.RankRows(request, timeout=timeout)
             for w, out in zip(batch, unpack(reply, len(batch)), strict=True):
                 if isinstance(out, BaseException):
                     _settle(w, error=out)
@@ -175,6 +346,18 @@ class RankBatcher:
         finally:
             lane.in_flight -= 1
             self._schedule(lane)
+
+    async def _on_stream(
+        self, lane: _Lane, request: wpb.RankRowsRequest, timeout: float | None
+    ) -> wpb.RankRowsResponse:
+        link = lane.usable() or await lane.open_stream()
+        return await link.ask(request, timeout)
+
+    async def close(self) -> None:
+        """End every lane's stream (the gateway stops: its workers need not wait on them)."""
+        for lane in self._lanes.values():
+            if lane.stream is not None and not lane.stream.closed:
+                lane.stream.close()
 
     async def _one_by_one(self, worker: Worker, batch: list[_Waiting]) -> None:
         assert worker.stub is not None

@@ -141,6 +141,8 @@ async def serve_worker(cfg: WorkerConfig) -> None:
     LOG.info("worker stopping%s", " to recycle" if recycle.is_set() else "")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    # End idle RankStreams and stop the rank socket listening, so they do not hold the grace.
+    service.close_streams()
     grace = 5.0
     if recycle.is_set():
         # Still answering while the gateway's health checks take this worker out of rotation.

@@ -29,10 +29,15 @@ LOG = logging.getLogger(__name__)
 RERANK_MIN = 50  # candidates the scorer sees per user, at least (room for context re-ranking)
 COLD_POOL = 1000  # most popular items a cold user's context may re-rank
 SORT_MAX = 256  # top_k sorts rows of at most this many columns whole
+FEW_ROWS = 4  # top_k takes batches of at most this many rows row by row
 DENSE_MAX = 4_000_000  # batch x items at most for exact retrieval by one matrix product (16 MB)
 # Above this many items the exact index (norm-bounded at 1M: ~2.4 ms a search) beats a product
 # over every item per request (83% of a worker's time at 1M items, docs/growth.md).
 DENSE_MAX_ITEMS = 200_000
+# Batches of more rows fold in float32 (recgen/core/foldin.py: ~4x faster at 64 rows, the same
+# top 50 for every training user of the MovieLens version); smaller ones in float64, exactly as
+# training and evaluation did (a lone request gains nothing from float32).
+FOLDIN_F32_MIN_ROWS = 16
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -43,14 +48,27 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(k, c)
     if c <= SORT_MAX:  # a short row: one stable sort of the batch costs less than the steps below
         return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    if n_rows <= FEW_ROWS:  # row by row: 4 numpy calls each, a quarter of the batch steps' cost
+        return np.stack([_top_k_row(r, k) for r in scores]) if n_rows else np.zeros((0, k), np.int64)
     kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]  # (B, 1)
     better = scores > kth
     tied = scores == kth
-    need = k - better.sum(axis=1, keepdims=True)
+    need = k - np.count_nonzero(better, axis=1)[:, None]
     chosen = better | (tied & (np.cumsum(tied, axis=1) <= need))  # exactly k per row
     cols = np.nonzero(chosen)[1].reshape(n_rows, k)  # ascending column within each row
-    top = np.take_along_axis(scores, cols, axis=1)
-    return np.take_along_axis(cols, np.lexsort((cols, -top), axis=1), axis=1)
+    # Plain (B, 1) x (B, k) indexing, not take_along_axis: the same gather without its
+    # per-call index building (a third of this function's time for a small batch).
+    r = np.arange(n_rows)[:, None]
+    return cols[r, np.lexsort((cols, -scores[r, cols]), axis=1)]
+
+
+def _top_k_row(row: np.ndarray, k: int) -> np.ndarray:
+    """One row's top k columns, ties by column: every column at least as good as the k-th best
+    value (k of them, or more with ties), then those sorted by (value, column)."""
+    c = row.size
+    kth = np.partition(row, c - k)[c - k]
+    cand = np.flatnonzero(row >= kth)
+    return cand[np.lexsort((cand, -row[cand]))][:k]
 
 
 @dataclass
@@ -255,7 +273,8 @@ class Ranker:
     def _warm(self, jobs: list[RankJob], batch: int, q: np.ndarray | None = None) -> list[RankResult]:
         t0 = time.perf_counter()
         users = self.foldin.user_vectors(
-            [(j.history_rows, 1.0 + self.alpha * j.history_weights) for j in jobs]
+            [(j.history_rows, 1.0 + self.alpha * j.history_weights) for j in jobs],
+            np.float32 if len(jobs) > FOLDIN_F32_MIN_ROWS else np.float64,
         )  # (B, d)
         if self.context is not None:
             users = self.context.blend_users(users, q)  # toward the intent, before retrieval
@@ -291,8 +310,9 @@ class Ranker:
             t3 = time.perf_counter()
             scores = np.where(valid, scores, -np.inf)
             order = top_k(scores, max(j.k for j in jobs))  # (B, kmax) best first
-            top = np.take_along_axis(scores, order, axis=1)
-            rows = np.take_along_axis(picked, order, axis=1)
+            r = np.arange(len(jobs))[:, None]
+            top = scores[r, order]
+            rows = picked[r, order]
             out = []
             for b, j in enumerate(jobs):
                 n = int(np.isfinite(top[b, : j.k]).sum())  # -inf sorts last: the finite ones lead
@@ -336,7 +356,7 @@ class Ranker:
                 ip[b, ~(j.allowed & self.owned)] = -np.inf
         c = min(max(RERANK_MIN, max(j.k for j in jobs)), self.n_items)
         picked = top_k(ip, c).astype(np.int64)  # (B, c) rows, best first
-        keys = np.take_along_axis(ip, picked, axis=1)
+        keys = ip[np.arange(len(jobs))[:, None], picked]
         limit = np.asarray([max(RERANK_MIN, j.k) for j in jobs], np.int64)
         gone = ~np.isfinite(keys) | (np.arange(c)[None, :] >= limit[:, None])
         picked[gone] = -1

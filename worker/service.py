@@ -41,6 +41,7 @@ from worker.llm.grounded import TextDone
 from worker.metrics import SIZE_BOUNDS, Metrics
 from worker.model import LoadedModel
 from worker.rank_rows import build_job, item_rows, rank_rows
+from worker.rank_socket import RankSocket
 from worker.ranking import RankJob, RankResult
 
 LOG = logging.getLogger(__name__)
@@ -120,6 +121,9 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
             executor=self.model_executor,
         )
         self._rows_waiting = 0  # RankRows rows sent to the model thread and not yet answered
+        self._streams: dict[asyncio.Task[object], bool] = {}  # open RankStream calls -> busy
+        self._draining = False
+        self.rank_socket = RankSocket(self.rank_now, self.rank_rows)
 
     def _rows(self, ids: list[str], model: LoadedModel | None = None) -> np.ndarray:
         return item_rows(model or self.model, ids)
@@ -202,33 +206,89 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
     async def RankRows(
         self, request: worker_pb2.RankRowsRequest, context: grpc.aio.ServicerContext
     ) -> worker_pb2.RankRowsResponse:
-        # The gateway's batch is the batch: one ranking call (worker/rank_rows.py). Bounded like
-        # the batcher's queue: rows waiting past max_queue are refused at once, each with
-        # RESOURCE_EXHAUSTED.
+        return await self.rank_rows(request, _deadline(context))
+
+    async def RankStream(
+        self, request_iterator: AsyncIterator[worker_pb2.RankRowsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[worker_pb2.RankRowsResponse]:
+        """RankRows on a long-lived stream: each batch answered in order, tagged with its batch_id.
+        The stream ends when the gateway ends it, or when this worker drains (`close_streams`)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams[task] = False
+        try:
+            async for request in request_iterator:
+                self._streams[task] = True  # busy: a drain lets this batch finish
+                deadline = time.monotonic() + request.timeout_s if request.timeout_s > 0 else None
+                reply = await self.rank_rows(request, deadline)
+                reply.batch_id = request.batch_id
+                yield reply
+                if self._draining:
+                    return
+                self._streams[task] = False
+        finally:
+            self._streams.pop(task, None)
+
+    def close_streams(self) -> None:
+        """On drain: end every RankStream, so the server's grace is not spent on idle streams.
+        A stream waiting for its next batch ends now, one ranking a batch right after answering
+        it; the gateway asks again, on a new call, whatever it sends meanwhile (to a worker
+        still serving, as for any UNAVAILABLE worker)."""
+        self._draining = True
+        self.rank_socket.close()  # no new connections; those open answer until the process exits
+        for task, busy in list(self._streams.items()):
+            if not busy:
+                task.cancel()
+
+    def rank_now(
+        self, request: worker_pb2.RankRowsRequest, deadline: float | None
+    ) -> worker_pb2.RankRowsResponse | None:
+        """The batch's answer when it can be given at once: a full queue's refusal (rows waiting
+        past max_queue: RESOURCE_EXHAUSTED each), or a small batch with nothing queued and no
+        catalog change under way (changes run only under catalog_lock) ranked right here, on the
+        event loop: the hop to the model thread and the wake-up back cost more than its ranking
+        (other work in the model thread only reads). None: `rank_rows` ranks it there."""
         n = len(request.rows)
-        self.metrics.inc("rank_requests", n)
         if self._rows_waiting + n > self.cfg.max_queue and self._rows_waiting:
+            self.metrics.inc("rank_requests", n)
             self.metrics.inc("rank_rejected", n)
             msg = f"rank queue full ({self._rows_waiting} rows waiting)"
             code = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
             return worker_pb2.RankRowsResponse(codes=[code] * n, messages=[msg] * n, offsets=[0] * (n + 1))
-        deadline = _deadline(context)
         if n <= INLINE_ROWS and not self._rows_waiting and not self.catalog_lock.locked():
-            # A small batch with nothing queued and no catalog change under way (changes run only
-            # under catalog_lock) is ranked right here: the hop to the model thread and the wake-up
-            # back cost more than its ranking. Other work in the model thread only reads.
+            self.metrics.inc("rank_requests", n)
             reply = rank_rows(self.model, request, self.live.applied_seq, deadline)
-        else:
-            self._rows_waiting += n
-            try:
-                loop = asyncio.get_running_loop()
-                reply = await loop.run_in_executor(
-                    self.model_executor, rank_rows, self.model, request, self.live.applied_seq, deadline
-                )
-            finally:
-                self._rows_waiting -= n
+            self.metrics.observe("rank_batch_size", reply.batch_size, SIZE_BOUNDS)
+            return reply
+        return None
+
+    async def rank_rows(
+        self, request: worker_pb2.RankRowsRequest, deadline: float | None
+    ) -> worker_pb2.RankRowsResponse:
+        """The gateway's batch is the batch: one ranking call (worker/rank_rows.py), at once
+        (`rank_now`) or in the model thread."""
+        reply = self.rank_now(request, deadline)
+        if reply is not None:
+            return reply
+        n = len(request.rows)
+        self.metrics.inc("rank_requests", n)
+        self._rows_waiting += n
+        try:
+            loop = asyncio.get_running_loop()
+            reply = await loop.run_in_executor(
+                self.model_executor, rank_rows, self.model, request, self.live.applied_seq, deadline
+            )
+        finally:
+            self._rows_waiting -= n
         self.metrics.observe("rank_batch_size", reply.batch_size, SIZE_BOUNDS)
         return reply
+
+    async def RankSocket(
+        self, request: worker_pb2.RankSocketRequest, context: grpc.aio.ServicerContext
+    ) -> worker_pb2.RankSocketResponse:
+        """The local rank socket (worker/rank_socket.py), opened on the first ask; no path for a
+        TCP listener (its gateways are on other hosts: RankStream)."""
+        return worker_pb2.RankSocketResponse(path=await self.rank_socket.open(self.cfg.listen))
 
     async def Generate(
         self, request: worker_pb2.GenerateRequest, context: grpc.aio.ServicerContext

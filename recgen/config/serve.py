@@ -76,7 +76,7 @@ class ServeConfig:
     )
     rank_batch: int = setting(
         1,
-        help="RankBatch RPCs in flight per worker, each carrying the Rank calls waiting for it"
+        help="rank batches in flight per worker, each carrying the Rank calls waiting for it"
         " (0: one Rank RPC per request)",
     )
     grace: float = setting(10.0, help="drain period on SIGTERM, seconds")

@@ -24,21 +24,34 @@ def gram(factors: np.ndarray, reg: float) -> np.ndarray:
     return y.T @ y + reg * np.eye(y.shape[1])
 
 
-def solve_batch(factors: np.ndarray, gram_reg: np.ndarray, idx: np.ndarray, conf: np.ndarray) -> np.ndarray:
+def solve_batch(
+    factors: np.ndarray,
+    gram_reg: np.ndarray,
+    idx: np.ndarray,
+    conf: np.ndarray,
+    dtype: type[np.floating] = np.float64,
+) -> np.ndarray:
     """User vectors for a padded batch.
 
     factors: (n, d) item factors; gram_reg: (d, d) from `gram`;
     idx: (B, H) item rows (any valid row where padded); conf: (B, H) confidence
     c_i ≥ 1 for real entries and 0 for padding. Returns (B, d) float32; a user
-    with no entries gets the zero vector.
+    with no entries gets the zero vector. dtype: what the sums and the solve run in.
+    float64 is what training and evaluation use; float32 is ~4x faster for a large batch
+    and gave every one of the 943 MovieLens training users the same top 50 (docs/perf/README.md),
+    so the worker uses it for large batches only (worker/ranking.py).
     """
     assert idx.shape == conf.shape and idx.ndim == 2, (idx.shape, conf.shape)
-    y = factors[idx].astype(np.float64)  # (B, H, d)
-    c = conf.astype(np.float64)
-    extra = np.where(c > 0, c - 1.0, 0.0)  # (B, H)
-    a = gram_reg[None] + np.einsum("bhd,bh,bhe->bde", y, extra, y, optimize=True)  # (B, d, d)
-    b = np.einsum("bhd,bh->bd", y, c, optimize=True)  # (B, d)
-    return np.linalg.solve(a, b[..., None])[..., 0].astype(np.float32)
+    y = factors[idx].astype(dtype, copy=False)  # (B, H, d)
+    c = conf.astype(dtype, copy=False)
+    gram_reg = gram_reg.astype(dtype, copy=False)
+    extra = np.where(c > 0, c - 1, 0).astype(dtype, copy=False)  # (B, H)
+    # Batched matmuls, not einsum(optimize=True): einsum plans its contraction path on every
+    # call (~150 µs, most of a one-user fold-in), and these products give the same bits.
+    yt = y.transpose(0, 2, 1)  # (B, d, H)
+    a = gram_reg + (yt * extra[:, None, :]) @ y  # (B, d, d)
+    b = yt @ c[..., None]  # (B, d, 1)
+    return np.linalg.solve(a, b)[..., 0].astype(np.float32)
 
 
 def pad_histories(
@@ -66,7 +79,9 @@ class FoldIn:
         self.reg = reg
         self.gram = gram(self.factors, reg)  # (d, d)
 
-    def user_vectors(self, histories: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-        """(B, d) user vectors from [(item rows, confidences), ...]."""
+    def user_vectors(
+        self, histories: list[tuple[np.ndarray, np.ndarray]], dtype: type[np.floating] = np.float64
+    ) -> np.ndarray:
+        """(B, d) user vectors from [(item rows, confidences), ...]; dtype: `solve_batch`'s."""
         idx, conf = pad_histories(histories)
-        return solve_batch(self.factors, self.gram, idx, conf)
+        return solve_batch(self.factors, self.gram, idx, conf, dtype)
