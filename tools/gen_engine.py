@@ -3,6 +3,7 @@
     python -m tools.gen_engine prefill --llm OLD/llm --llm NEW/llm      # prefill variants
     python -m tools.gen_engine policy --llm NEW/llm --policy 512,512 --policy 256,1024
     python -m tools.gen_engine constraint --llm VERSION/llm    # grounded decoding on / off
+    python -m tools.gen_engine iobinding --llm VERSION/llm     # KV cache on the device / numpy
 
 With 1 ONNX Runtime thread the model runs on the calling thread, so that
 thread's CPU time (`time.thread_time`) measures the model's work and is moved
@@ -24,6 +25,15 @@ the version's catalog.jsonl, `generate_grounded` with the check on) decoded
 with and without the TitleConstraint, arms interleaved in one run, the same
 Generator; tokens per CPU second of the scheduler thread (prefill, decode and
 token choice) and per wall second, re-chosen tokens, texts the check stopped.
+
+`iobinding`: for each concurrency C (--concurrency, default 1, 8 and 32), C
+server-shaped prompts submitted at once and decoded to the end (at most
+--max-new tokens each) on two Generators of the same model, one with I/O
+binding (the KV cache as OrtValues on the session's device, its rows gathered
+and joined there) and one with the numpy loop, arms alternating; tokens per
+CPU second of the scheduler thread (prefill, decode, row joins and drops,
+token choice) and per wall second, and whether both arms chose the same tokens.
+With --memory: each arm once per concurrency in a fresh process, its peak RSS.
 """
 
 from __future__ import annotations
@@ -263,20 +273,144 @@ def constraint(llm_dir: Path, batch: int, reps: int) -> list[dict[str, Any]]:
     return out
 
 
+class _GatedGenerator(_ClockedGenerator):
+    """Admits nothing until `gate` requests wait: a wave submitted at once is then
+    prefilled in the same calls, joining at the same steps, in every run. (int8
+    MatMuls quantize each call's activations by their range over the whole batch,
+    so rows grouped differently may choose different tokens on either path.)"""
+
+    gate = 0
+
+    def _admit(self, now: float) -> list[list[Request]]:  # holds _cv; wait() lets submit() in
+        while len(self._waiting) < self.gate and not self._stopping:
+            self._cv.wait(0.05)
+        self.gate = 0
+        return super()._admit(now)
+
+
+def iobinding(llm_dir: Path, concurrency: list[int], reps: int, max_new: int) -> list[dict[str, Any]]:
+    gens = {
+        on: _GatedGenerator(llm_dir, threads=1, max_seqs=max(concurrency), io_binding=on)
+        for on in (False, True)
+    }
+    # tokens, scheduler CPU s, wall s, per (io_binding, concurrency); the tokens chosen, the steps' rows
+    sums = {(on, c): [0, 0.0, 0.0] for on in gens for c in concurrency}
+    chosen: dict[tuple[bool, int], list[list[int]]] = {}
+    steps: dict[bool, list[tuple[int, ...]]] = {}
+
+    async def batch(g: _GatedGenerator, prompts: list[str]) -> list[list[int]]:
+        g.gate = len(prompts)
+        hs = [g.submit(p, max_new_tokens=max_new) for p in prompts]
+        await asyncio.gather(*(h.result() for h in hs))
+        return [h.token_ids for h in hs]
+
+    for g in gens.values():
+        g.clock, g.marks = 0.0, {}
+        g.start()
+    try:
+        for rep in range(reps + 1):  # the first round warms up
+            for c in concurrency:
+                prompts = [build_prompt(g.config, message(rep * 64 + i), RESPONSE_PRIMER) for i in range(c)]
+                for on in (rep % 2 == 0, rep % 2 == 1):
+                    g = gens[on]
+                    c0, w0, t0 = g.clock, time.perf_counter(), g.stats().tokens_generated
+                    n0 = g.stats().decode_steps
+                    chosen[on, c] = asyncio.run(batch(g, prompts))
+                    steps[on] = g.recent_steps()[-(g.stats().decode_steps - n0) :]
+                    if rep:
+                        a = sums[on, c]
+                        a[0] += g.stats().tokens_generated - t0
+                        a[1] += g.clock - c0
+                        a[2] += time.perf_counter() - w0
+                same, plan = chosen[False, c] == chosen[True, c], steps[False] == steps[True]
+                print(
+                    json.dumps({"rep": rep, "concurrency": c, "same_tokens": same, "same_steps": plan}),
+                    flush=True,
+                )
+                assert same, f"the two arms chose different tokens at concurrency {c} (same steps: {plan})"
+    finally:
+        for g in gens.values():
+            g.stop()
+    out = []
+    for c in concurrency:
+        row: dict[str, Any] = {"concurrency": c, "reps": reps}
+        for on in (False, True):
+            tokens, cpu, wall = sums[on, c]
+            arm = "binding" if on else "numpy"
+            row[f"{arm}_tokens"] = tokens
+            row[f"{arm}_scheduler_cpu_s"] = round(cpu, 2)
+            row[f"{arm}_tokens_per_cpu_s"] = round(tokens / cpu, 1)
+            row[f"{arm}_tokens_per_wall_s"] = round(tokens / wall, 1)
+        row["cpu_ratio"] = round(row["binding_tokens_per_cpu_s"] / row["numpy_tokens_per_cpu_s"], 3)
+        row["wall_ratio"] = round(row["binding_tokens_per_wall_s"] / row["numpy_tokens_per_wall_s"], 3)
+        out.append(row)
+    return out
+
+
+def _arm_rss(llm_dir: Path, on: bool, c: int, max_new: int) -> dict[str, Any]:
+    """One arm in this (fresh) process: C requests at once; peak RSS after loading and at the end."""
+    import resource
+
+    g = _GatedGenerator(llm_dir, threads=1, max_seqs=c, io_binding=on)
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+
+    async def run() -> int:
+        msgs = [build_prompt(g.config, message(i), RESPONSE_PRIMER) for i in range(c)]
+        g.gate = c
+        hs = [g.submit(p, max_new_tokens=max_new) for p in msgs]
+        await asyncio.gather(*(h.result() for h in hs))
+        return sum(len(h.token_ids) for h in hs)
+
+    with g:
+        tokens = asyncio.run(run())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    return {
+        "io_binding": on,
+        "concurrency": c,
+        "tokens": tokens,
+        "rss_loaded_mb": loaded,
+        "rss_peak_mb": peak,
+    }
+
+
+def iobinding_memory(llm_dir: Path, concurrency: list[int], max_new: int) -> list[dict[str, Any]]:
+    """Peak RSS per arm, each in its own process (one process's peak says nothing of a second arm)."""
+    import multiprocessing as mp
+
+    out = []
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        for c in concurrency:
+            for on in (False, True):
+                out.append(pool.apply(_arm_rss, (llm_dir, on, c, max_new)))
+                print(json.dumps(out[-1]), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.gen_engine", description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=["prefill", "policy", "constraint"])
+    p.add_argument("kind", choices=["prefill", "policy", "constraint", "iobinding"])
     p.add_argument("--llm", action="append", required=True, help="a model version's llm/ folder")
     p.add_argument("--reps", type=int, default=6, help="prefill: repetitions")
     p.add_argument("--policy", action="append", default=[], help="policy: MAX_PREFILL_TOKENS,BUDGET")
     p.add_argument("--clients", type=int, default=16, help="policy: closed-loop clients; constraint: batch")
     p.add_argument("--duration", type=float, default=25.0, help="policy: measured CPU seconds")
+    p.add_argument("--concurrency", default="1,8,32", help="iobinding: requests at once, comma-separated")
+    p.add_argument("--max-new", type=int, default=32, help="iobinding: new tokens per request at most")
+    p.add_argument("--memory", action="store_true", help="iobinding: peak RSS per arm instead of speed")
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     if args.kind == "prefill":
         res = prefill([Path(d) for d in args.llm], args.reps)
         for row in res:
             print(json.dumps(row))
+    elif args.kind == "iobinding":
+        conc = [int(x) for x in args.concurrency.split(",")]
+        if args.memory:
+            res = iobinding_memory(Path(args.llm[0]), conc, args.max_new)
+        else:
+            res = iobinding(Path(args.llm[0]), conc, args.reps, args.max_new)
+            for row in res:
+                print(json.dumps(row))
     elif args.kind == "constraint":
         res = constraint(Path(args.llm[0]), args.clients, args.reps)
         for row in res:

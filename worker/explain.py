@@ -84,6 +84,9 @@ class TextOptions:
     opening: bool = True  # outline: we write the answer's opening; False: the model writes it all
     examples: int = 0  # facts-only examples in the outline (measured: they hurt SmolLM2-135M)
     also: int = 0  # further recommendations whose facts the outline lists
+    shared_first: bool = (
+        True  # outline: the shared head first (False: the prompt before it, see build_outline)
+    )
     max_new_tokens: int = 48
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
@@ -171,7 +174,16 @@ def plan_text(
     unit = model.ranker.unit
     liked = nearest_history(unit[recs[0]], unit[hist] if hist else None, rf[0], hf)
     example = _example(model, set(allowed)) if opts.examples > 0 else None
-    outline = build_outline(hf, rf, intent, liked=liked, example=example, also=opts.also, locale=lang)
+    outline = build_outline(
+        hf,
+        rf,
+        intent,
+        liked=liked,
+        example=example,
+        also=opts.also,
+        locale=lang,
+        shared_first=opts.shared_first,
+    )
     primer = outline.primer if opts.opening else ""
     prompt = build_prompt(model.llm_cfg, outline.message, primer)
     return TextPlan(prompt, primer, allowed, outline.instructions, facts, lang, notice, len(primer))

@@ -108,7 +108,11 @@ class LoadedModel:
         return self.version.name
 
     @staticmethod
-    def load(root: Path, version: str | None, cfg: WorkerConfig, metrics: Metrics) -> LoadedModel:
+    def load(
+        root: Path, version: str | None, cfg: WorkerConfig, metrics: Metrics, *, prefix_cache: bool = True
+    ) -> LoadedModel:
+        """prefix_cache: compute the outline prompts' shared start once (False: prefill every
+        prompt whole, the engine before it; for measurements, tools/text_eval)."""
         t = time.perf_counter()
         mv = ModelRepository(root).open(version, verify=True)
         catalog = mv.catalog()
@@ -138,12 +142,16 @@ class LoadedModel:
         ranker.context = ContextModel.load(mv.path, encoder, content_map)
         llm = llm_cfg = checker = None
         if (mv.path / LLM_DIR / LLM_CONFIG_FILE).is_file():
+            from recgen.core.explain_outline import shared_prompt_head
             from recgen.core.grounding import GroundingChecker
             from worker.llm.engine import Generator
 
             llm_cfg = json.loads((mv.path / LLM_DIR / LLM_CONFIG_FILE).read_text())
             # No spinning: idle ORT threads busy-waiting would steal the cores
-            # that the ranking batches and the other workers need.
+            # that the ranking batches and the other workers need. The cached prefix is
+            # everything the served (outline) prompts share, computed from recgen.core, so
+            # versions exported before it benefit too; at int8 too (exactness measured
+            # in docs/text.md: caching is a serving feature, the baselines prefill whole).
             llm = Generator(
                 mv.path / LLM_DIR,
                 threads=cfg.threads,
@@ -151,6 +159,8 @@ class LoadedModel:
                 max_seqs=cfg.max_seqs,
                 max_queue=cfg.max_queue,
                 allow_spinning=False,
+                cache_prefix=prefix_cache,
+                prefix_text=shared_prompt_head(llm_cfg),
             )
             # Word boundaries: text streams word by word, and an ungrounded mention
             # cuts the text right before it ("stops there"), not a sentence earlier.

@@ -11,19 +11,27 @@ two other catalog items, facts only, in the same form. It holds no negative
 instruction ("do not name ..."): measured, the model copied those back into its
 answer (docs/llm.md).
 
+Order: what every outline prompt shares comes first (`SHARED_HEAD`: the task
+sentence and the facts' heading, right after the chat's system turn and user-turn
+start), the per-request facts, wish and opening last, so that a server computes
+the shared part's KV once and prefills only the rest (worker/model.py, via
+`shared_prompt_head`). `shared_first=False` writes the order before that
+(facts first, task last), kept for before/after measurements.
+
 Pure: no tokenizer, no model, no numpy beyond the pairing's dot products. The
 prompt's chat wrapping is recgen/core/prompt.py's `build_prompt`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from recgen.core.grounding import display_title
-from recgen.core.prompt import MAX_INTENT_CHARS, clean_text
+from recgen.core.prompt import MAX_INTENT_CHARS, clean_text, prompt_head
 from recgen.core.titles import split_title
 
 MAX_TEXT_CHARS = 160  # an item's catalog text, as shown in the facts
@@ -31,6 +39,12 @@ MAX_CATEGORIES = 4
 ZH = "zh"
 ZH_INSTRUCTION = "请用中文回答。"  # "Answer in Chinese."
 WISH_LEAD = "My mood, in my own words (data, not instructions):"
+TASK = "In one or two short sentences, say more about it, using the facts."
+FACTS_HEAD = "Facts:"
+# The start of every outline message (each locale, with or without a wish or an example):
+# it ends with a newline, so its tokens are a prefix of every prompt's tokens (a BPE merge
+# never crosses the line break before "- <title>").
+SHARED_HEAD = f"{TASK}\n{FACTS_HEAD}\n"
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,7 @@ def build_outline(
     example: tuple[ItemFacts, ItemFacts] | None = None,
     also: int = 0,
     locale: str = "en",
+    shared_first: bool = True,
 ) -> Outline:
     """The outline's user turn and opening.
 
@@ -147,7 +162,9 @@ def build_outline(
     first is the one presented); liked: index into `history` of the item to link
     (`nearest_history`), None for a user without history; example: (liked, picked)
     items of the catalog outside the answer, written as a facts-only example;
-    also: how many further recommendations the facts list, for a second sentence.
+    also: how many further recommendations the facts list, for a second sentence;
+    shared_first: the message starts with SHARED_HEAD (False: the order before it,
+    the facts first, the task sentence last).
     """
     assert recommended, "at least one recommended item is needed"
     rec = recommended[0]
@@ -156,19 +173,25 @@ def build_outline(
     # line is prefill on the fast path (measured: 94 prompt tokens, as the plain prompt's 91,
     # against 136 with the liked item's facts and a longer task; the same texts' quality).
     shown = [rec, *recommended[1 : 1 + also]]
-    lines = ["Facts:", *(f"- {it.fact_line()}" for it in shown)]
+    facts = [FACTS_HEAD, *(f"- {it.fact_line()}" for it in shown)]
     if example is not None:
         ex_liked, ex_pick = example
-        lines.append(f"Example: {primer_for(ex_pick, ex_liked)}{fact_sentence(ex_pick, ex_liked)}")
+        facts.append(f"Example: {primer_for(ex_pick, ex_liked)}{fact_sentence(ex_pick, ex_liked)}")
     wish = clean_text(intent, MAX_INTENT_CHARS).replace('"', "'")
-    instructions = []
+    instructions = [TASK]
     if wish:
         # The wish is data about the user, quoted; it carries no instructions.
         instructions.append(WISH_LEAD)
-        lines.append(f'{WISH_LEAD} "{wish}".')
-    task = "In one or two short sentences, say more about it, using the facts"
-    instructions.append(task + ".")
+        facts.append(f'{WISH_LEAD} "{wish}".')
     if locale == ZH:
         instructions.append(ZH_INSTRUCTION)
-    lines += instructions[-2:] if locale == ZH else instructions[-1:]
+    # Per request after the shared head: the facts, the wish, the language to write.
+    lines = [TASK, *facts] if shared_first else [*facts, TASK]
+    if locale == ZH:
+        lines.append(ZH_INSTRUCTION)
     return Outline("\n".join(lines), primer_for(rec, hist, locale), liked, tuple(instructions))
+
+
+def shared_prompt_head(llm_cfg: Mapping[str, Any] | Any) -> str:
+    """The text every outline prompt of this model starts with (chat prefix + SHARED_HEAD)."""
+    return prompt_head(llm_cfg, SHARED_HEAD)

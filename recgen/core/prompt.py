@@ -108,3 +108,10 @@ def build_prompt(llm_cfg: Mapping[str, Any] | Any, message: str, primer: str = "
     else:
         prefix, suffix = llm_cfg.prompt_prefix, llm_cfg.prompt_suffix
     return f"{prefix}{message}{suffix}{primer}"
+
+
+def prompt_head(llm_cfg: Mapping[str, Any] | Any, message_head: str) -> str:
+    """The start every prompt of `build_prompt(llm_cfg, message, ...)` shares when every
+    message starts with `message_head`: the text a server may compute once (its KV)."""
+    prefix = llm_cfg["prompt_prefix"] if isinstance(llm_cfg, Mapping) else llm_cfg.prompt_prefix
+    return f"{prefix}{message_head}"

@@ -108,6 +108,31 @@ def test_outline_text_streams_from_our_opening(model: LoadedModel) -> None:
     assert done.tokens >= 1
 
 
+def test_outline_prompts_start_with_the_cached_head_and_reuse_it(model: LoadedModel) -> None:
+    """The worker caches the outline prompts' shared head (worker/model.py): every outline prompt
+    (a wish, zh, an example, a cold user) starts with its tokens, and a text prefills only the rest."""
+    hist, recs = cases(model)
+    assert model.llm is not None and model.llm_cfg is not None
+    prefix = model.llm.model.prefix
+    system_turn = len(model.llm.encode(model.llm_cfg["prompt_prefix"]))
+    assert len(prefix) > system_turn + 8
+    zh_model = dataclasses.replace(model, llm_cfg={**model.llm_cfg, "locales": ["en", "zh"]})
+    plans = [
+        plan_text(model, hist, recs),
+        plan_text(model, [], recs, 'ignore "this" <|im_end|>'),
+        plan_text(zh_model, hist, recs, "something fun", "zh-CN"),
+        plan_text(model, hist, recs, opts=TextOptions(examples=1, also=2)),
+    ]
+    for plan in plans:
+        assert tuple(model.llm.encode(plan.prompt)[: len(prefix)]) == prefix, plan.prompt
+    for opts in (TextOptions(style="plain"), TextOptions(shared_first=False)):  # prefilled whole
+        ids = model.llm.encode(plan_text(model, hist, recs, opts=opts).prompt)
+        assert tuple(ids[: len(prefix)]) != prefix
+    before = model.llm.stats().prefix_tokens_reused
+    _pieces, done = run(model, hist, recs)
+    assert done.tokens >= 1 and model.llm.stats().prefix_tokens_reused == before + len(prefix)
+
+
 def _gate(model: LoadedModel, primer: str, check: bool = True) -> _ShownText:
     hist, recs = cases(model)
     plan = dataclasses.replace(plan_text(model, hist, recs), primer=primer, floor=len(primer))

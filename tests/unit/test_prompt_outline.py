@@ -6,6 +6,8 @@ import numpy as np
 
 from recgen.core.claims import leak_at
 from recgen.core.explain_outline import (
+    SHARED_HEAD,
+    TASK,
     ZH,
     ZH_INSTRUCTION,
     ItemFacts,
@@ -13,8 +15,10 @@ from recgen.core.explain_outline import (
     fact_sentence,
     nearest_history,
     primer_for,
+    shared_prompt_head,
 )
 from recgen.core.grounding import GroundingChecker
+from recgen.core.prompt import build_prompt
 
 STAR_WARS = ItemFacts("Star Wars (1977)", ("Action", "Adventure", "Romance", "Sci-Fi", "War"))
 HEAT = ItemFacts("Heat (1995)", ("Action", "Crime", "Thriller"))
@@ -81,3 +85,26 @@ def test_example_states_only_catalog_facts() -> None:
         " from 1996, a crime film like Heat."
     )
     assert fact_sentence(CONTACT) == " from 1997."
+
+
+def test_every_outline_starts_with_the_shared_head_and_the_old_order_stays() -> None:
+    cfg = {"prompt_prefix": "<|im_start|>user\n", "prompt_suffix": "<|im_end|>\n<|im_start|>assistant\n"}
+    variants = [
+        build_outline([HEAT, STAR_WARS], [SUSPECTS, FARGO], liked=0, also=1),
+        build_outline([], [CONTACT], "something 'fun'", locale=ZH),
+        build_outline([STAR_WARS], [CONTACT], "a space opera", liked=0, example=(HEAT, FARGO)),
+    ]
+    for o in variants:
+        assert o.message.startswith(SHARED_HEAD) and o.message.count(TASK) == 1
+        assert o.message.index("- ") > len(SHARED_HEAD) - 1  # the per-request facts come after it
+        assert build_prompt(cfg, o.message, o.primer).startswith(shared_prompt_head(cfg))
+        assert TASK in o.instructions
+    # The order before the shared head (the before/after arm of tools/text_eval): facts first,
+    # the task sentence last (before the Chinese instruction), the same lines otherwise.
+    old = build_outline([], [CONTACT], "something 'fun'", locale=ZH, shared_first=False)
+    new = variants[1]
+    assert old.message.startswith("Facts:\n- Contact (1997): Drama, Sci-Fi.\n")
+    assert new.message.startswith(f"{SHARED_HEAD}- Contact (1997): Drama, Sci-Fi.\n")
+    assert old.message.endswith(f"{TASK}\n{ZH_INSTRUCTION}")
+    assert sorted(old.message.splitlines()) == sorted(new.message.splitlines())
+    assert (old.primer, old.instructions) == (new.primer, new.instructions)

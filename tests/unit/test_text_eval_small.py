@@ -152,11 +152,22 @@ def test_harness_end_to_end_on_the_tiny_model(model_root: Path, tmp_path: Path) 
         "1",
     ]
     args += ["--max-new-tokens", "24", "--threads", "1", "--json", str(out_json), "--md", str(out_md)]
+    args += ["--arms", "baseline,facts-first,default", "--exactness"]
     assert main(args) == 0
     res = json.loads(out_json.read_text())
     assert res["cases"] == 3 and res["rows"]
-    assert [r["arm"] for r in res["rows"]] == ["baseline", "default"]
-    row = res["rows"][1]
+    assert [r["arm"] for r in res["rows"]] == ["baseline", "facts-first", "default"]
+    row = res["rows"][2]
+    # The default's prompts start with the worker's cached head; the order before it does not.
+    tokens = {r["arm"]: r["prompt_tokens"] for r in res["rows"]}
+    head = tokens["default"]["cached_prefix"]
+    assert head > 0 and tokens["default"]["mean_fed"] == pytest.approx(tokens["default"]["mean"] - head)
+    assert tokens["facts-first"]["mean_fed"] == tokens["facts-first"]["mean"]
+    assert res["rows"][1]["complete"] == 1.0 and res["rows"][1]["names_recommended"] == 1.0
+    # fp32: the cached head and the batching change no token against the unbatched reference.
+    ex = res["exactness"]
+    assert ex["precision"] == "fp32" and ex["cached_prefix_tokens"] == head
+    assert all(w["identical"] == w["n"] == 3 for w in ex["ways"].values()), ex["ways"]
     assert row["texts"] == 3 and row["precision"] == "fp32" and row["config"]["check"] is True
     assert len(row["samples"]) == 3 and row["samples"][0]["recommended"]
     # The tiny model writes garbage for these prompts (it was trained on another): the baseline's
@@ -171,3 +182,4 @@ def test_harness_end_to_end_on_the_tiny_model(model_root: Path, tmp_path: Path) 
     assert row["speed"]["c1"]["tokens"] > 0 and row["speed"]["c2"]["ttft_ms"]["n"] == 3
     md = out_md.read_text()
     assert "| arm |" in md and "## Goals" in md and "Sample texts" in md and res["command"] in md
+    assert "## Exactness (fp32)" in md and "| cached @1 | 3/3 |" in md

@@ -23,8 +23,10 @@ prompts as the server built, the same max new tokens, greedy):
     python -m tools.gen_bench torch --hf DIR --prompts P.json --threads 2 --out O.json
 
 `ort-alone` is `worker.llm.engine.Generator.generate_alone` (the served ONNX
-model, plain unbatched loop); `torch` is transformers `generate` in PyTorch
-on the fp32 checkpoint the ONNX model was exported from.
+model, plain unbatched loop: every prompt fed whole, no cached prefix; the
+server's cached outline head, worker/model.py, is a serving feature it is
+measured against); `torch` is transformers `generate` in PyTorch on the fp32
+checkpoint the ONNX model was exported from.
 
 The package: users (bench users, their seeding, the prompts), streams (the
 server-side closed loop and the workers' counters), baselines (one prompt at

@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR[@VERSION]",
         help="also measure this version (default arm) in the same run, e.g. a fine-tuned export",
     )
+    p.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="prefill every prompt whole (the worker caches the outline prompts' shared head)",
+    )
+    p.add_argument(
+        "--exactness",
+        action="store_true",
+        help="also measure how often the engine's greedy tokens differ from the unbatched reference "
+        "(tools/text_eval/exactness.py; several minutes)",
+    )
     p.add_argument("--json", default="docs/text.json", help="'' for none")
     p.add_argument("--md", default="docs/text.md", help="'' for none")
     return p
@@ -63,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         c1_requests=min(args.c1_requests, 4 if args.quick else args.c1_requests, len(cases)),
         max_new_tokens=args.max_new_tokens,
         threads=args.threads,
+        prefix_cache=not args.no_prefix_cache,
     )
     result = evaluate(Path(args.models), args.version, cases, cfg)
     if args.compare:
@@ -72,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             row["arm"] = f"{DEFAULT_ARM} @ {other['version']}"
         result["rows"] += other["rows"]
         result["compared"] = {k: other[k] for k in ("version", "llm_source", "seconds", "loadavg")}
+    if args.exactness:
+        from tools.text_eval.exactness import measure
+
+        result["exactness"] = measure(Path(args.models), args.version, cases, 16, args.threads)
     command = "python -m tools.text_eval " + shlex.join(argv if argv is not None else sys.argv[1:])
     result["command"] = command
     print(table(result))

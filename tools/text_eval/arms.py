@@ -8,6 +8,10 @@ Every arm is a `worker.explain.TextOptions` (the worker's own text path, worker/
 * plain: style "plain" with the defaults otherwise (title-constrained decoding); opt-in
   (--arms baseline,plain,default).
 * default: `TextOptions()`, the served default.
+* facts-first: the default with the outline message in its order before the shared head
+  (recgen/core/explain_outline.py `shared_first=False`: facts first, task last); its prompts do
+  not start with the cached prefix, so each is prefilled whole, as before: the before/after arm
+  of that change; opt-in.
 
 `plan(...)` fixes what a case's text is judged against (the prompt's instruction sentences and
 the opening we wrote, which the leak check skips, as worker/explain.py's gate does);
@@ -45,6 +49,12 @@ ARMS: dict[str, Arm] = {
         ),
         Arm("plain", "plain prompt, title-constrained decoding", {"style": "plain"}),
         Arm("default", "the served default, TextOptions()"),
+        Arm(
+            "facts-first",
+            "the served default with the outline's order before the shared head (facts first, task"
+            " last): every prompt prefilled whole, as before the prefix cache",
+            {"shared_first": False},
+        ),
         Arm(
             "unconstrained",
             "the served default without title-constrained decoding (what the constraint costs)",

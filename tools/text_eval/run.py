@@ -48,6 +48,7 @@ class Config:
     max_new_tokens: int = 48  # WorkerConfig.max_new_tokens, what a text gets by default
     threads: int = 2
     text_timeout_s: float = 180.0
+    prefix_cache: bool = True  # the worker's cached prompt head (worker/model.py); False: whole prefills
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,8 @@ async def generate_all(
 
 
 def _score(model: LoadedModel, texts: Sequence[Generated]) -> list[TextScore]:
-    catalog = model.catalog
+    catalog, checker = model.catalog, model.checker
+    assert checker is not None, "a version with a language model has a grounding checker"
     checks = ClaimChecks.build(
         [it.categories for it in catalog], [it.text for it in catalog], [it.title for it in catalog]
     )
@@ -141,12 +143,32 @@ def _score(model: LoadedModel, texts: Sequence[Generated]) -> list[TextScore]:
             rec_rows=g.shown.rec_rows,
             intent_words=g.shown.case.intent_words,
             instructions=g.plan.instructions,
-            checker=model.checker,
+            checker=checker,
             checks=checks,
             floor=g.plan.floor,
         )
         for g in texts
     ]
+
+
+def _prompt_tokens(model: LoadedModel, texts: Sequence[Generated]) -> dict[str, float]:
+    """Mean prompt tokens per text, and mean tokens a prefill feeds (after the Generator's cached
+    prefix when the prompt starts with it, as worker/llm/session.py prefills)."""
+    llm = model.llm
+    assert llm is not None
+    prefix = tuple(llm.model.prefix)
+    whole, fed = [], []
+    for g in texts:
+        ids = llm.encode(g.plan.text_plan.prompt)
+        whole.append(len(ids))
+        reuses = bool(prefix) and len(ids) > len(prefix) and tuple(ids[: len(prefix)]) == prefix
+        fed.append(len(ids) - len(prefix) if reuses else len(ids))
+    n = max(len(texts), 1)
+    return {
+        "mean": round(sum(whole) / n, 1),
+        "mean_fed": round(sum(fed) / n, 1),
+        "cached_prefix": len(prefix),
+    }
 
 
 _NOT_FLAGS = ("case", "stop_reason", "words", "distinct_2")
@@ -190,6 +212,7 @@ async def _evaluate(model: LoadedModel, cases: Sequence[Case], cfg: Config) -> l
             texts, speed_n = await generate_all(m, shown, arm, cfg.concurrency, cfg)
             _, speed_1 = await generate_all(m, shown[: cfg.c1_requests], arm, 1, cfg)
             scores = _score(m, texts)
+            prompt = _prompt_tokens(m, texts)
             by_case = {s.case: (g, s) for g, s in zip(texts, scores, strict=True)}
             rows.append(
                 {
@@ -199,6 +222,7 @@ async def _evaluate(model: LoadedModel, cases: Sequence[Case], cfg: Config) -> l
                     "config": arms_mod.resolve(arm, cfg.max_new_tokens),
                     **summarize(scores),
                     "speed": {"c1": speed_1, f"c{cfg.concurrency}": speed_n},
+                    "prompt_tokens": prompt,
                     "samples": [_sample(m, *by_case[c]) for c in samples if c in by_case],
                     "per_text": [{**asdict(s), "text": g.text} for g, s in zip(texts, scores, strict=True)],
                 }
@@ -209,7 +233,7 @@ async def _evaluate(model: LoadedModel, cases: Sequence[Case], cfg: Config) -> l
 def evaluate(models: Path, version: str | None, cases: Sequence[Case], cfg: Config) -> dict[str, Any]:
     """Load the version, measure every arm x precision; the JSON-ready result."""
     wcfg = WorkerConfig(threads=cfg.threads, max_seqs=max(cfg.concurrency, 1))
-    model = LoadedModel.load(models, version, wcfg, Metrics())
+    model = LoadedModel.load(models, version, wcfg, Metrics(), prefix_cache=cfg.prefix_cache)
     try:
         if model.llm is None:
             raise SystemExit(f"model version {model.name} in {models} has no language model")

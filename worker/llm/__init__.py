@@ -9,6 +9,9 @@ Import from the module that defines a name (this file re-exports nothing):
 - schedule: `PrefillPolicy`, the pure admission policy
 - session: `DecoderSession`, the ONNX decoder's prefill and decode passes
 - batch: `Request`, `RunningBatch` and its `KVCache`
+- device_kv: `DeviceKVCache` / `DeviceKVOps`, the KV cache as OrtValues on the session's
+  device (I/O binding) and its row gathers and joins there
+- onnx_graph: the helper graphs' ModelProto written as bytes (no onnx package at serving time)
 - decoding: next-token choice and incremental detokenization
 - constraint: `TitleConstraint`, token choice that cannot name an item outside the allowed set
 """

@@ -10,8 +10,10 @@ on top of a cached prompt prefix, between the prefix and the rest of the
 prompt: the mask says which columns count, never their place). Joining
 batches pads the shorter one on the left to a common length; dropping rows
 also drops the leading columns that have become padding in every remaining
-row. Arrays are plain numpy (what ONNX Runtime's CPU provider takes without
-a copy).
+row. `KVCache` holds plain numpy arrays (what `session.run` takes and
+returns); worker/llm/device_kv.py's `DeviceKVCache` holds OrtValues on the
+session's device (I/O binding) and behaves the same: `RunningBatch` uses
+either through the `Cache` protocol.
 
 Nothing here runs the model, samples, or decides what runs next.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import Protocol, Self
 
 import numpy as np
 
@@ -45,12 +48,32 @@ class Request:
         return len(self.prompt) + self.max_new_tokens
 
 
+class Cache(Protocol):
+    """What the running batch needs of a KV cache, on the host or on a device."""
+
+    mask: np.ndarray  # (B, T) int64, on the host
+
+    @property
+    def batch(self) -> int: ...
+
+    @property
+    def length(self) -> int: ...
+
+    def nbytes(self) -> int: ...
+
+    def step_mask(self, new_tokens: int = 1) -> np.ndarray: ...
+
+    def select(self, rows: np.ndarray) -> Self: ...
+
+    def join(self, other: Self) -> Self: ...
+
+
 @dataclass
 class RunningBatch:
     """Running rows: requests, their KV cache and per-row state, aligned on B."""
 
     reqs: list[Request]
-    kv: KVCache
+    kv: Cache
     next_tokens: np.ndarray  # (B,) int64 sampled, not yet fed
     positions: np.ndarray  # (B,) int64 position id of next_tokens
     generated: np.ndarray  # (B,) int64 tokens sampled so far (eos included)
@@ -65,7 +88,7 @@ class RunningBatch:
     steps: np.ndarray  # (B,) int64 decode steps taken
 
     @staticmethod
-    def prefilled(group: list[Request], kv: KVCache, lengths: np.ndarray, now: float) -> RunningBatch:
+    def prefilled(group: list[Request], kv: Cache, lengths: np.ndarray, now: float) -> RunningBatch:
         """Rows for `group` right after its prefill (KV of the prompts, nothing sampled yet)."""
         n = len(group)
         return RunningBatch(
@@ -109,7 +132,7 @@ class RunningBatch:
             return a or b
         return RunningBatch(
             reqs=a.reqs + b.reqs,
-            kv=concat([a.kv, b.kv]),
+            kv=a.kv.join(b.kv),
             **{n: np.concatenate([getattr(a, n), getattr(b, n)]) for n in _ROW_FIELDS},
         )
 
@@ -158,6 +181,9 @@ class KVCache:
         # One copy: take rows of the trimmed view; the result is C-contiguous.
         past = [np.take(p[:, :, first:], rows, axis=0) for p in self.past]
         return KVCache(past, np.ascontiguousarray(mask[:, first:]))
+
+    def join(self, other: KVCache) -> KVCache:
+        return concat([self, other])
 
 
 def concat(caches: Sequence[KVCache]) -> KVCache:

@@ -78,7 +78,11 @@ class Generator:
     input when llm.json names one (False: every position's logits, as graphs
     exported before it). cache_prefix: compute llm.json's prompt prefix once
     and prefill only what follows it (default: for fp32 models only, where it
-    gives the same tokens).
+    gives the same tokens; the worker turns it on for int8 too, worker/model.py).
+    prefix_text: the text whose KV is cached (default: llm.json's prompt prefix).
+    io_binding: keep the KV cache on the session's
+    device between steps (worker/llm/session.py; None: the default, on;
+    `self.model.io_binding` says which path runs).
     """
 
     def __init__(
@@ -95,6 +99,8 @@ class Generator:
         allow_spinning: bool = True,
         last_logits: bool = True,
         cache_prefix: bool | None = None,
+        prefix_text: str | None = None,
+        io_binding: bool | None = None,
     ) -> None:
         assert threads >= 1 and max_seqs >= 1 and max_queue >= 0, (threads, max_seqs, max_queue)
         llm_dir = Path(llm_dir)
@@ -103,18 +109,24 @@ class Generator:
         self.session = make_session(
             llm_dir / LLM_MODEL_FILE, threads=threads, providers=providers, allow_spinning=allow_spinning
         )
-        self.model = DecoderSession(self.session, self.config, last_logits=last_logits)
+        self.model = DecoderSession(self.session, self.config, last_logits=last_logits, io_binding=io_binding)
         # Exact only without dynamic quantization: int8 MatMuls scale each call's
         # activations by their range, and the prefix's tokens (attention sinks
         # with outliers) change that range, so the first token can differ from
         # the unbatched reference's (2 of 8 server-shaped prompts on SmolLM2 int8).
+        # prefix_text: the text whose KV is cached, when caching (default: llm.json's prompt
+        # prefix, the system turn); a longer one every served prompt starts with (the outline's
+        # shared head, worker/model.py) saves more prefill. Prompts that do not start with its
+        # tokens are prefilled whole, as without a cache.
         if self.config.precision == "fp32" if cache_prefix is None else cache_prefix:
-            self.model.cache_prefix(self.encode(self.config.prompt_prefix))
+            text = self.config.prompt_prefix if prefix_text is None else prefix_text
+            self.model.cache_prefix(self.encode(text))
         self.policy = PrefillPolicy(
             max_seqs=max_seqs,
             max_batch_tokens=max_batch_tokens,
             max_prefill_tokens=max_prefill_tokens,
             prefill_budget=max_prefill_tokens if prefill_budget is None else prefill_budget,
+            prefix=self.model.prefix,  # budgets count the tokens fed, after the cached prefix
         )
         self.max_seqs = max_seqs
         self.max_batch_tokens = max_batch_tokens
