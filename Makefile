@@ -185,6 +185,8 @@ clean: clean-stubs
 include clients/stubs.mk
 # promtool on the alert rules, the scrape config and a live gateway's /metrics (deploy/).
 include deploy/checks.mk
+# GPU serving (.venv-gpu, onnxruntime-gpu in place of onnxruntime) and the GPU check (docs/gpu.md).
+include deploy/gpu.mk
 
 # The Python client package (clients/python/README.md): clients/python/build.py generates the
 # stubs into a staging copy of the package and builds its wheel into clients/python/dist

@@ -29,6 +29,15 @@ def providers_for(device: str) -> list[str]:
                 f"(available: {', '.join(available)}). Install onnxruntime-gpu in place of "
                 "onnxruntime (see docs/gpu.md)."
             )
+        # onnxruntime-gpu from pip finds the CUDA and cuDNN libraries of the nvidia-* wheels
+        # (its [cuda,cudnn] extras, or PyTorch's) only once they are loaded: without this the
+        # CUDA provider fails to load and ONNX Runtime silently runs on the CPU.
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            try:
+                preload()
+            except Exception as e:  # a partial CUDA install: the session's own check reports it
+                LOG.warning("onnxruntime.preload_dlls failed: %s", e)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
