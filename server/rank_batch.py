@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.rank_link import InFlight
 from server.rank_socket import RankSocketLink
 from server.ranked import Ranked, from_rank_response, rank_request, rpc_error, unpack
 from server.workers import Worker
@@ -85,11 +86,9 @@ class _Stream:
         assert worker.stub is not None
         self.worker = worker
         self.call = worker.stub.RankStream()
-        self.pending: deque[tuple[int, asyncio.Future[wpb.RankRowsResponse]]] = deque()
+        self.pending = InFlight()
         self.closed = False
-        self.last_sent = time.monotonic()
         self._write_lock = asyncio.Lock()  # one write at a time (several batches in flight)
-        self._next_id = 0
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read())
         self._idle = loop.call_later(IDLE_CLOSE_S, self._check_idle)
@@ -98,16 +97,7 @@ class _Stream:
         """The worker's answer to one batch, within `timeout` (then DEADLINE_EXCEEDED, as a unary
         call's deadline would end it; the stream stays open and the late answer is dropped).
         Raises the stream's failure: UNAVAILABLE, or UNIMPLEMENTED from a worker without it."""
-        self._next_id += 1
-        request.batch_id = self._next_id
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[wpb.RankRowsResponse] = loop.create_future()
-        self.pending.append((self._next_id, future))  # before the write: the answer may come first
-        self.last_sent = time.monotonic()
-        timer = None
-        if timeout is not None:
-            request.timeout_s = timeout
-            timer = loop.call_later(timeout, _expire, future)
+        future, timer = self.pending.post(request, timeout)  # before the write: the answer may come first
         try:
             try:
                 async with self._write_lock:
@@ -129,11 +119,7 @@ class _Stream:
                 reply = await self.call.read()
                 if reply is grpc.aio.EOF:
                     break
-                batch_id, future = self.pending.popleft()
-                if reply.batch_id != batch_id:  # a bug: nothing on this stream can be trusted
-                    raise RuntimeError(f"rank stream answered batch {reply.batch_id}, expected {batch_id}")
-                if not future.done():  # not timed out meanwhile
-                    future.set_result(reply)
+                self.pending.answer(reply, "rank stream")
         except grpc.aio.AioRpcError as e:
             error = _broken(self.worker, e)
         except asyncio.CancelledError:
@@ -144,15 +130,12 @@ class _Stream:
         finally:
             self.closed = True
             self._idle.cancel()
-            while self.pending:
-                _, future = self.pending.popleft()
-                if not future.done():
-                    future.set_exception(error)
+            self.pending.fail_all(error)
 
     def _check_idle(self) -> None:
         if self.closed:
             return
-        idle = time.monotonic() - self.last_sent
+        idle = time.monotonic() - self.pending.last_sent
         if idle >= IDLE_CLOSE_S and not self.pending:
             self.close()
         else:
@@ -164,11 +147,6 @@ class _Stream:
         self.closed = True
         self._idle.cancel()
         self.call.cancel()
-
-
-def _expire(future: asyncio.Future[wpb.RankRowsResponse]) -> None:
-    if not future.done():
-        future.set_exception(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
 
 
 def _broken(worker: Worker, e: BaseException) -> BaseException:

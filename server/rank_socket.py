@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
 
 import grpc
 
 from recgen.frames import FrameReader, frame
 from recgen.worker.v1 import worker_pb2 as wpb
+from server.rank_link import InFlight
 from server.ranked import rpc_error
 from server.workers import Worker
 
@@ -30,11 +29,9 @@ LOG = logging.getLogger(__name__)
 class RankSocketLink(asyncio.Protocol):
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.pending: deque[tuple[int, asyncio.Future[wpb.RankRowsResponse]]] = deque()
+        self.pending = InFlight()
         self.closed = False
-        self.last_sent = time.monotonic()
         self._reader = FrameReader()
-        self._next_id = 0
         self._transport: asyncio.Transport | None = None
 
     @classmethod
@@ -51,12 +48,7 @@ class RankSocketLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             for payload in self._reader.feed(data):
-                reply = wpb.RankRowsResponse.FromString(payload)
-                batch_id, future = self.pending.popleft()
-                if reply.batch_id != batch_id:  # a bug: nothing on this link can be trusted
-                    raise RuntimeError(f"rank socket answered batch {reply.batch_id}, expected {batch_id}")
-                if not future.done():  # not timed out meanwhile
-                    future.set_result(reply)
+                self.pending.answer(wpb.RankRowsResponse.FromString(payload), "rank socket")
         except Exception as e:
             LOG.error("rank socket to %s: %s; closing it", self.worker.name, e)
             self.close()
@@ -64,11 +56,8 @@ class RankSocketLink(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._transport = None
-        error = rpc_error(grpc.StatusCode.UNAVAILABLE, f"rank socket to {self.worker.name} closed")
-        while self.pending:
-            _, future = self.pending.popleft()
-            if not future.done():
-                future.set_exception(error)
+        closed = rpc_error(grpc.StatusCode.UNAVAILABLE, f"rank socket to {self.worker.name} closed")
+        self.pending.fail_all(closed)
 
     # ------------------------------------------------------------ the link
 
@@ -77,16 +66,7 @@ class RankSocketLink(asyncio.Protocol):
         call's deadline would end it; the late answer is dropped); UNAVAILABLE if the link ends."""
         if self.closed or self._transport is None:
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"rank socket to {self.worker.name} closed")
-        self._next_id += 1
-        request.batch_id = self._next_id
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[wpb.RankRowsResponse] = loop.create_future()
-        self.pending.append((self._next_id, future))
-        self.last_sent = time.monotonic()
-        timer = None
-        if timeout is not None:
-            request.timeout_s = timeout
-            timer = loop.call_later(timeout, _expire, future)
+        future, timer = self.pending.post(request, timeout)
         try:
             self._transport.write(frame(request.SerializeToString()))
             return await future
@@ -99,8 +79,3 @@ class RankSocketLink(asyncio.Protocol):
         self.closed = True
         if self._transport is not None:
             self._transport.close()  # connection_lost fails what is pending
-
-
-def _expire(future: asyncio.Future[wpb.RankRowsResponse]) -> None:
-    if not future.done():
-        future.set_exception(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"))
