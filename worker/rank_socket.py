@@ -33,7 +33,8 @@ RankNow = Callable[[wpb.RankRowsRequest, "float | None"], "wpb.RankRowsResponse 
 RankLater = Callable[[wpb.RankRowsRequest, "float | None"], Awaitable[wpb.RankRowsResponse]]
 
 
-def _deadline(request: wpb.RankRowsRequest) -> float | None:
+def batch_deadline(request: wpb.RankRowsRequest) -> float | None:
+    """The batch's deadline on this clock, from the timeout the gateway sent (0: none)."""
     return time.monotonic() + request.timeout_s if request.timeout_s > 0 else None
 
 
@@ -59,7 +60,7 @@ class _Connection(asyncio.Protocol):
                 self.queue.append(wpb.RankRowsRequest.FromString(payload))
             while self.queue and not self.busy:
                 request = self.queue[0]
-                reply = self.rank_now(request, _deadline(request))
+                reply = self.rank_now(request, batch_deadline(request))
                 if reply is None:  # not now: the model thread, in order with what follows
                     self.busy = True
                     asyncio.get_running_loop().create_task(self._answer_queue())
@@ -74,7 +75,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self.queue and self.transport is not None:
                 request = self.queue.popleft()
-                self._send(request, await self.rank_later(request, _deadline(request)))
+                self._send(request, await self.rank_later(request, batch_deadline(request)))
         except Exception:
             LOG.exception("rank socket: closing a connection")
             self._close()

@@ -41,7 +41,7 @@ from worker.llm.grounded import TextDone
 from worker.metrics import SIZE_BOUNDS, Metrics
 from worker.model import LoadedModel
 from worker.rank_rows import build_job, item_rows, rank_rows
-from worker.rank_socket import RankSocket
+from worker.rank_socket import RankSocket, batch_deadline
 from worker.ranking import RankJob, RankResult
 
 LOG = logging.getLogger(__name__)
@@ -219,8 +219,7 @@ class WorkerService(worker_pb2_grpc.WorkerServicer):
         try:
             async for request in request_iterator:
                 self._streams[task] = True  # busy: a drain lets this batch finish
-                deadline = time.monotonic() + request.timeout_s if request.timeout_s > 0 else None
-                reply = await self.rank_rows(request, deadline)
+                reply = await self.rank_rows(request, batch_deadline(request))
                 reply.batch_id = request.batch_id
                 yield reply
                 if self._draining:
