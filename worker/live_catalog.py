@@ -125,6 +125,9 @@ def apply_changes(model: Any, changes: list[Change]) -> None:
             model.content_rows.add(n0 + i)
             _set_categories(model, n0 + i, it.categories)
         ranker.append_items(vectors)
+        # A history id that was unknown (skipped) or re-embedded has a new row now: the kept
+        # fold-in inputs and vectors no longer say what a fresh request would compute.
+        model.folded_users.clear()
         titles_changed = True
         LOG.info("live catalog: %d items added in %.0f ms", len(new_items), (time.perf_counter() - t) * 1e3)
     if titles_changed and model.checker is not None:

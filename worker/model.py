@@ -34,6 +34,7 @@ from recgen.core.formats import (
 from recgen.core.user_history import USERS_DIR, History, UserHistories, empty_history
 from recgen.repository import CatalogItem, ModelRepository, ModelVersion
 from worker.context import ContextModel, JobContext
+from worker.folded_users import FoldedUsers
 from worker.metrics import Metrics
 from worker.onnx_session import providers_for
 from worker.ranking import Ranker, RankJob
@@ -65,6 +66,9 @@ class LoadedModel:
     users: UserHistories | None = None
     data_end: float = float("-inf")  # newest event time in the version's data (its watermark)
     forgotten_through: float = 0.0  # ForgetUser tombstones up to this time were applied by export
+    # The recently ranked users' fold-in inputs and vectors (worker/folded_users.py): per
+    # version, since both depend on its held histories and factors.
+    folded_users: FoldedUsers = field(default_factory=FoldedUsers)
 
     def __post_init__(self) -> None:
         # The held histories are immutable per version and read from memory-mapped CSR arrays

@@ -21,6 +21,7 @@ from recgen import tracing
 from recgen.core.user_history import fold_in_weights, merge_live
 from recgen.worker.v1 import worker_pb2 as wpb
 from worker.context import JobContext
+from worker.folded_users import FoldedUser
 from worker.model import LoadedModel
 from worker.ranking import RankJob, RankResult
 
@@ -52,7 +53,37 @@ def build_job(
     context: JobContext,
 ) -> RankJob:
     """One request as a ranking job: the version's history of the user plus the live events,
-    decayed and folded exactly as export evaluated them (recgen/core/user_history.py)."""
+    decayed and folded exactly as export evaluated them (recgen/core/user_history.py). The
+    user's part, and later its vector, comes from the model's FoldedUsers when the same user
+    arrived with the same history before (worker/folded_users.py)."""
+    history = tuple(history)
+    seen = tuple(seen)
+    user = model.folded_users.get(
+        (user_id, forgotten_at, history, seen),
+        lambda: folded_user(model, user_id, forgotten_at, history, seen),
+    )
+    return RankJob(
+        history_rows=user.rows,
+        history_weights=user.weights,
+        exclude_rows=item_rows(model, exclude),
+        k=k,
+        include_seen=include_seen,
+        allowed=model.allowed_by_categories(list(include_categories), list(exclude_categories)),
+        context=context,
+        dismissed_rows=item_rows(model, dismissed),
+        seen_rows=user.seen,
+        folded=user,
+    )
+
+
+def folded_user(
+    model: LoadedModel,
+    user_id: str,
+    forgotten_at: float,
+    history: Sequence[tuple[str, float, float]],
+    seen: Sequence[str],
+) -> FoldedUser:
+    """The user's fold-in inputs: held history merged with the live events, decayed."""
     index = model.item_index
     live = [(index[i], w, t) for i, w, t in history if w > 0 and i in index]
     held = model.held_history(user_id, forgotten_at)
@@ -67,17 +98,7 @@ def build_job(
     seen_rows = h.seen
     if seen:  # a live user's items older than the history sent
         seen_rows = np.union1d(seen_rows, item_rows(model, seen))
-    return RankJob(
-        history_rows=rows,
-        history_weights=weights,
-        exclude_rows=item_rows(model, exclude),
-        k=k,
-        include_seen=include_seen,
-        allowed=model.allowed_by_categories(list(include_categories), list(exclude_categories)),
-        context=context,
-        dismissed_rows=item_rows(model, dismissed),
-        seen_rows=seen_rows,
-    )
+    return FoldedUser(rows, weights, seen_rows)
 
 
 def _context(row: wpb.RankRow) -> JobContext:
@@ -93,7 +114,7 @@ def row_job(model: LoadedModel, row: wpb.RankRow) -> RankJob:
         model,
         user_id=row.user_id,
         forgotten_at=row.forgotten_at,
-        history=list(zip(row.history_item_ids, row.history_weights, row.history_timestamps, strict=True)),
+        history=tuple(zip(row.history_item_ids, row.history_weights, row.history_timestamps, strict=True)),
         exclude=row.exclude_item_ids,
         dismissed=row.dismissed_item_ids,
         seen=row.seen_item_ids,

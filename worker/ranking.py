@@ -20,6 +20,7 @@ import numpy as np
 from recgen.core.dismissal import DEMOTION, demote_neighbours, nearness
 from recgen.core.foldin import FoldIn
 from worker.context import ContextModel, JobContext
+from worker.folded_users import FoldedUser
 from worker.metrics import Metrics
 from worker.retrieval import Retriever
 from worker.scoring import Scorer
@@ -84,6 +85,9 @@ class RankJob:
     # Every item row the user consumed (history included), excluded unless include_seen;
     # None: the history rows only.
     seen_rows: np.ndarray | None = None
+    # The user's shared fold-in entry (worker/folded_users.py): its vector, once solved, is
+    # reused by the user's next requests with the same history; None: fold in every time.
+    folded: FoldedUser | None = None
 
     @property
     def consumed(self) -> np.ndarray:
@@ -272,10 +276,7 @@ class Ranker:
 
     def _warm(self, jobs: list[RankJob], batch: int, q: np.ndarray | None = None) -> list[RankResult]:
         t0 = time.perf_counter()
-        users = self.foldin.user_vectors(
-            [(j.history_rows, 1.0 + self.alpha * j.history_weights) for j in jobs],
-            np.float32 if len(jobs) > FOLDIN_F32_MIN_ROWS else np.float64,
-        )  # (B, d)
+        users = self._user_vectors(jobs)  # (B, d)
         if self.context is not None:
             users = self.context.blend_users(users, q)  # toward the intent, before retrieval
         t1 = time.perf_counter()
@@ -322,6 +323,26 @@ class Ranker:
         m.observe("retrieval_seconds", t2 - t1)
         m.observe("scoring_seconds", t3 - t2)
         return out
+
+    def _user_vectors(self, jobs: list[RankJob]) -> np.ndarray:
+        """(B, d) float32: each job's folded vector, solved (in one batch) only for the users
+        without one yet; a solved vector is kept in the job's FoldedUser for its next request."""
+        todo = [b for b, j in enumerate(jobs) if j.folded is None or j.folded.vector is None]
+        users = np.empty((len(jobs), self.factors.shape[1]), np.float32)
+        for b, j in enumerate(jobs):
+            if j.folded is not None and j.folded.vector is not None:
+                users[b] = j.folded.vector
+        if todo:
+            solved = self.foldin.user_vectors(
+                [(jobs[b].history_rows, 1.0 + self.alpha * jobs[b].history_weights) for b in todo],
+                np.float32 if len(todo) > FOLDIN_F32_MIN_ROWS else np.float64,
+            )
+            users[todo] = solved
+            for b, v in zip(todo, solved, strict=True):
+                f = jobs[b].folded
+                if f is not None:
+                    f.vector = v
+        return users
 
     def _dense(self, n_jobs: int) -> bool:
         """Exact retrieval by one (B, n) matrix product instead of the index: for an exact index

@@ -5,14 +5,18 @@
 Loads the serving version as a worker does, takes `--rows` training users (each with 2 live
 events, so the held history is merged as in serving) and reports process CPU time per row
 (robust to other jobs on the machine, unlike wall time) of:
-  - building the jobs with the held-history cache warm, and with it cleared before each batch;
-  - ranking the batch with exact retrieval by one matrix product, and through the FAISS index.
+  - building the jobs with the held-history and folded-user caches warm (a user's repeat
+    request), and with both cleared before each batch (a user's first request, or one with a new
+    event);
+  - ranking the batch with exact retrieval by one matrix product (with the users' kept vectors,
+    and folding every user in again), and through the FAISS index.
 No gRPC, no gateway: tools/bench/rank_cost.py measures the whole path.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -54,13 +58,17 @@ def run(models: str, rows: int = 64, repeat: int = 30) -> dict[str, float]:
 
         def uncached() -> None:
             held.cache_clear()  # type: ignore[attr-defined]  # an lru_cache
+            m.folded_users.clear()
             for r in req.rows:
                 row_job(m, r)
 
         out["build_uncached_us_per_row"] = _cpu_us(uncached, repeat) / n
+        jobs = [row_job(m, r) for r in req.rows]
+        unfolded = [dataclasses.replace(j, folded=None) for j in jobs]  # fold in on every call
         dense_max = ranking.DENSE_MAX
         try:
             out["rank_dense_us_per_row"] = _cpu_us(lambda: m.ranker.rank(jobs), repeat) / n
+            out["rank_dense_unfolded_us_per_row"] = _cpu_us(lambda: m.ranker.rank(unfolded), repeat) / n
             ranking.DENSE_MAX = 0  # through the index
             out["rank_index_us_per_row"] = _cpu_us(lambda: m.ranker.rank(jobs), repeat) / n
         finally:
