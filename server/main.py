@@ -161,7 +161,11 @@ async def create_gateway(cfg: ServeConfig) -> Gateway:
     # request id: calls that auth refuses too (UNAUTHENTICATED, PERMISSION_DENIED). Then auth:
     # a caller without the right token gets its status and its bytes are never parsed.
     interceptors: list[grpc.aio.ServerInterceptor] = [
-        ErrorStatus(metrics, access_log=AccessLog(user_ids, enabled=cfg.access_log))
+        ErrorStatus(
+            metrics,
+            access_log=AccessLog(user_ids, enabled=cfg.access_log),
+            request_id_header=cfg.request_id_header,
+        )
     ]
     interceptors += auth_interceptors(cfg)
     known_servers = server_ids()

@@ -106,6 +106,12 @@ class ServeConfig:
     access_log: bool = setting(
         True, both=True, help="one INFO line per call (failures: WARNING) on the recgen.access logger"
     )
+    request_id_header: bool = setting(
+        False,
+        both=True,
+        help="also send each call's x-request-id in the response headers (it is always in the "
+        "trailers, and Recommend's in its request_id): a separate HTTP/2 write, ~150 CPU-µs per call",
+    )
     log_user_ids: bool = setting(False, help="log raw user ids (default: keyed pseudonyms)")
     log_salt: str | None = setting(
         None,

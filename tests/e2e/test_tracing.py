@@ -57,11 +57,13 @@ def test_one_recommend_is_one_trace_across_gateway_and_worker(model_root: Path, 
                 metadata=[("traceparent", TRACEPARENT), ("x-request-id", "req-e2e-1")],
                 timeout=30,
             )
-            assert dict(call.initial_metadata())["x-request-id"] == "req-e2e-1"
+            # The id rides on the trailers (the header copy is opt-in: --request-id-header).
+            assert dict(call.trailing_metadata())["x-request-id"] == "req-e2e-1" == resp.request_id
+            assert "x-request-id" not in dict(call.initial_metadata())
             with pytest.raises(grpc.RpcError) as e:
                 stub.SimilarItems(pb.SimilarItemsRequest(item_id="no-such-item", k=3), timeout=10)
             assert e.value.code() == grpc.StatusCode.NOT_FOUND
-            assert dict(e.value.initial_metadata()).get("x-request-id")
+            assert dict(e.value.trailing_metadata()).get("x-request-id")
         spans = _spans(trace_file, CALLER_TRACE, {"recgen-gateway", "recgen-worker"})
     assert len(resp.items) == 3
 

@@ -109,8 +109,10 @@ def spans() -> Iterator[InMemorySpanExporter]:
         tracing.shutdown()
 
 
-async def _serve(metrics: Metrics, calls: Any) -> Any:
-    interceptor = ErrorStatus(metrics, access_log=AccessLog(UserIdPolicy(salt="k")))
+async def _serve(metrics: Metrics, calls: Any, request_id_header: bool = True) -> Any:
+    interceptor = ErrorStatus(
+        metrics, access_log=AccessLog(UserIdPolicy(salt="k")), request_id_header=request_id_header
+    )
     server = grpc.aio.server(interceptors=[interceptor])
     servicer = Servicer()
     pbg.add_RecommenderServicer_to_server(servicer, server)
@@ -256,6 +258,43 @@ def test_a_span_measured_elsewhere_joins_its_parent(spans: InMemorySpanExporter)
     assert (s.start_time, s.end_time, dict(s.attributes)) == (1_000, 5_000, {"rows": 3})
 
 
+@pytest.mark.parametrize("header", [True, False])
+def test_request_id_is_always_in_the_trailers_and_in_the_headers_unless_turned_off(
+    log: io.StringIO, header: bool
+) -> None:
+    """The trailers carry the id at no extra write, with every status, and keep it beside a
+    BadRequest's error details (abort replaces the trailers it is given)."""
+
+    async def calls(stub: Any, servicer: Servicer, interceptor: ErrorStatus) -> list:
+        out = []
+        ok = stub.Recommend(pb.RecommendRequest(user_id="alice", k=3), metadata=[("x-request-id", "ok-1")])
+        await ok
+        out.append(ok)
+        for call in (
+            stub.SimilarItems(pb.SimilarItemsRequest(item_id="i1"), metadata=[("x-request-id", "bad-2")]),
+            stub.ForgetUser(pb.ForgetUserRequest(user_id="c"), metadata=[("x-request-id", "ab-3")]),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await call
+            out.append(call)
+        return [
+            (
+                dict(await c.initial_metadata()).get("x-request-id"),
+                dict(await c.trailing_metadata()).get("x-request-id"),
+                "grpc-status-details-bin" in dict(await c.trailing_metadata()),
+            )
+            for c in out
+        ]
+
+    got = asyncio.run(_serve(Metrics(), calls, request_id_header=header))
+    want_header = (lambda rid: rid) if header else (lambda rid: None)
+    assert got == [
+        (want_header("ok-1"), "ok-1", False),
+        (want_header("bad-2"), "bad-2", True),  # the field violation's details are still there
+        (want_header("ab-3"), "ab-3", False),
+    ]
+
+
 def test_calls_refused_by_auth_are_counted_logged_and_never_parsed(log: io.StringIO) -> None:
     """server/main.py's order: ErrorStatus first, then AuthInterceptor."""
     token = "serve-token-0123456789"
@@ -278,7 +317,7 @@ def test_calls_refused_by_auth_are_counted_logged_and_never_parsed(log: io.Strin
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await call
                 out["no_token"] = e.value.code()
-                out["header"] = dict(await call.initial_metadata()).get("x-request-id")
+                out["header"] = dict(await call.trailing_metadata()).get("x-request-id")
                 # Bytes that are no RecommendRequest, without a token: refused before any parsing.
                 raw = ch.unary_unary("/recgen.v1.Recommender/Recommend")
                 with pytest.raises(grpc.aio.AioRpcError) as e:
