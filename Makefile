@@ -124,8 +124,11 @@ docs-check: install
 	$(PY) -m tools.docs_check
 
 # Benchmarks against same-run baselines (docs/bench.md): generation vs PyTorch
-# generate and serial ONNX, Recommend vs an echo server, retrieval at 100K/1M,
-# memory. ~12 min on 2 quiet cores (up to ~18 under load); BENCH_ARGS=--quick: ~4 min.
+# generate and serial ONNX, Recommend vs an echo server, the rank path's CPU per
+# call, retrieval at 100K/1M, memory, and serving cost as users and items grow
+# 1K -> 1M (growth exponents, docs/growth.md; BENCH_ARGS="--skip growth" leaves
+# that ~15 min phase out). ~27 min on 2 quiet cores (up to ~35 under load);
+# BENCH_ARGS=--quick: ~5 min.
 BENCH_ARGS ?=
 bench: install data $(MODELS)/.exported
 	$(PY) -m tools.bench --models $(MODELS) --out docs/bench.json --plot docs/bench.png $(BENCH_ARGS)
@@ -148,7 +151,8 @@ export-growth: install
 # Serving cost as the work grows (docs/growth.md): synthetic versions with 1K/100K/1M held users and
 # 1K/100K/1M items, each served by a real `recgen serve`; worker load time and RSS, Recommend
 # latency and CPU per call, retrieval-only time, growth exponents. ~15 min on 2 busy cores;
-# BENCH_GROWTH_ARGS=--quick: under a minute.
+# BENCH_GROWTH_ARGS=--quick: under a minute. The same measurement is make bench's growth phase
+# (its JSON's "growth").
 BENCH_GROWTH_ARGS ?=
 .PHONY: bench-growth
 bench-growth: install

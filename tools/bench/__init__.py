@@ -19,15 +19,23 @@ What it measures (docs/bench.md explains every number):
    `export.index.build_index` chooses against exact search.
 4. Memory: resident memory of the real worker processes, and of a process
    holding a 100K / 1M catalog's factors and index.
+5. The rank path (tools.bench.rank_cost): server CPU-µs per Recommend in each
+   process for cold users and users with history, p50 at one caller and
+   RecommendBatch(64), against the empty gRPC server in the same run.
+6. Growth (tools.bench.growth): synthetic versions with 1K/100K/1M held users
+   and items, each served by a real `recgen serve`; the log-log growth
+   exponent of each served figure and the goals (latency flat in users; the
+   catalog's cost only in retrieval).
 
 The server, the load generators and the baselines each run in their own
 process; this one orchestrates, reads /proc and writes the JSON and the
 plot. Thread counts are set explicitly everywhere. The full run takes about
-15-25 minutes on 2 cores; --quick (100K catalog only, shorter loads) a few;
+27-35 minutes on 2 cores (growth ~15 of them; `--skip growth`); --quick (100K
+catalog only, shorter loads, growth 1K->100K) about 5;
 --smoke (CI: every phase at its smallest, a 20K catalog, loads of seconds) 1-2
 minutes with a tiny model, and judges no goal. Every mode exits non-zero when a
 phase fails or a ratio whose phases ran is None or NaN.
 
-Modules: plan (sizes, subprocess environment), machine, server_phase, baselines, retrieval
-(the phases), summary (ratios against the baselines), plot, runner (the command line).
+Modules: plan (sizes, subprocess environment), machine, server_phase, rank_cost, baselines,
+retrieval, growth (the phases), summary (ratios against the baselines), plot, runner (the command line).
 """

@@ -28,6 +28,9 @@ measured here is cost, not quality. HNSW is not tried (its build alone takes
 
     python -m tools.bench.growth [--quick] [--json F] [--users 1000,100000,1000000]
         [--items 1000,100000,1000000] [--fixed-items 10000] [--fixed-users 10000]
+
+`make bench` runs the same measurement as its growth phase (`measure`, at the bench plan's
+Sizes) and stores the same document under "growth" in its JSON.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -61,6 +65,36 @@ GENRES = "Action Comedy Drama Horror Romance Sci-Fi Thriller Documentary".split(
 TUNING_QUERIES = 200
 HEAD_SHARES = (0.02, 0.1, 0.2)  # norm-bounded heads tried (the export tries six: a minute each here)
 THREADS = 1  # FAISS/ONNX threads in the worker and in the retrieval-only timing alike
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes of one growth run (the defaults: the full run of docs/growth.md, ~15 min on 2 cores).
+    Each series needs two sizes at least: an exponent is a slope."""
+
+    users: tuple[int, ...] = (1_000, 100_000, 1_000_000)  # held users, the users series
+    items: tuple[int, ...] = (1_000, 100_000, 1_000_000)  # catalog sizes, the items series
+    fixed_items: int = 10_000  # catalog size of the users series
+    fixed_users: int = 10_000  # held users of the items series
+    calls: int = 400  # Recommend calls per phase at 1 caller (twice that at `concurrency`)
+    concurrency: int = 4
+    rounds: int = 4  # chunks per phase, alternating with the reference
+
+    def argv(self) -> list[str]:
+        """The command-line flags that measure these sizes."""
+        flags = {"--users": _csv(self.users), "--items": _csv(self.items)}
+        flags |= {"--fixed-items": str(self.fixed_items), "--fixed-users": str(self.fixed_users)}
+        flags |= {"--calls": str(self.calls), "--concurrency": str(self.concurrency)}
+        flags["--rounds"] = str(self.rounds)
+        return [x for kv in flags.items() for x in kv]
+
+
+FULL = Sizes()
+# --quick (under a minute): one version, 1K users x 1K items, is both series' reference.
+QUICK = Sizes((1_000, 10_000), (1_000, 10_000), fixed_items=1_000, fixed_users=1_000, calls=40, rounds=2)
+# The bench's --smoke (CI): the same three servers at the smallest sizes, a few calls each; the
+# exponents have a value and no meaning (the bench judges no goal in a smoke run).
+SMOKE = Sizes((300, 1_000), (300, 1_000), fixed_items=300, fixed_users=300, calls=8, concurrency=2, rounds=1)
 
 
 def synthetic_version(root: Path, n_users: int, n_items: int, seed: int = 0) -> Path:
@@ -453,111 +487,173 @@ def growth(rows: list[dict[str, Any]], x: str) -> dict[str, float | None]:
 
 
 def goals(gu: dict[str, float | None], gi: dict[str, float | None]) -> list[dict[str, Any]]:
-    def flat(name: str, e: float | None, why_missed: str) -> dict[str, Any]:
+    """The issue-18 goals judged on the users (`gu`) and items (`gi`) series' exponents; each names
+    the series and the figure its exponent is of (the bench's table shows that figure beside it)."""
+
+    def flat(name: str, series: str, figure: str, e: float | None, why_missed: str) -> dict[str, Any]:
         met = e is not None and abs(e) <= FLAT
         if e is not None and e < -FLAT:  # cheaper at a larger size: no cost can do that, noise can
             why_missed = "falls with size: noise from other work on the machine, rerun on a quiet one"
-        return {"goal": name, "exponent": e, "met": met, "reason": "" if met else why_missed}
+        return {
+            "goal": name,
+            "series": series,
+            "figure": figure,
+            "exponent": e,
+            "met": met,
+            "reason": "" if met else why_missed,
+        }
 
     return [
         flat(
             "Recommend p50 (users with history, 1 caller) flat in users",
+            "users",
+            "held_c1.p50",
             gu["held_c1.p50"],
             "latency grows with the number of held users",
         ),
         flat(
             "Recommend p50 (cold users, 1 caller) flat in users",
+            "users",
+            "cold_c1.p50",
             gu["cold_c1.p50"],
             "cold latency grows with the number of held users",
         ),
         flat(
             "Catalog cost only in retrieval: held Recommend p50 less retrieval-only p50 flat in items",
+            "items",
+            NON_RETRIEVAL,
             gi[NON_RETRIEVAL],
             "the non-retrieval part of a ranked answer grows with the catalog (per-request O(items) work "
             "outside the index)",
         ),
         flat(
             "Catalog cost only in retrieval: cold Recommend p50 (no retrieval) flat in items",
+            "items",
+            "cold_c1.p50",
             gi["cold_c1.p50"],
             "the cold path does O(items) work per request (a catalog-sized mask and popularity scan)",
         ),
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.bench.growth", description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="1K and 10K only, few calls (a test's run)")
-    ap.add_argument("--users", default="1000,100000,1000000")
-    ap.add_argument("--items", default="1000,100000,1000000")
-    ap.add_argument("--fixed-items", type=int, default=10_000, help="catalog size of the users series")
-    ap.add_argument("--fixed-users", type=int, default=10_000, help="held users of the catalog series")
-    ap.add_argument("--calls", type=int, default=400, help="Recommend calls per phase at 1 caller")
-    ap.add_argument("--concurrency", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=4, help="chunks per phase, alternating with the reference")
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    if args.quick:
-        args.users = args.items = "1000,10000"
-        args.fixed_items = args.fixed_users = 1000
-        args.calls, args.rounds = min(args.calls, 40), min(args.rounds, 2)
+def goal_lines(goals: list[dict[str, Any]]) -> list[str]:
+    """One line per goal: MET or MISSED, the goal, its exponent, why it was missed."""
+    return [
+        f"{'MET   ' if g['met'] else 'MISSED'} {g['goal']}: exponent {g['exponent']} {g['reason']}".rstrip()
+        for g in goals
+    ]
+
+
+def failures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The sizes of a growth document that failed to build or serve (the others still count)."""
+    return [f for s in ("users_series", "items_series") for f in (result.get(s) or {}).get("failed", [])]
+
+
+def measure(sizes: Sizes, work: Path, command: str = "") -> dict[str, Any]:
+    """The growth document (what `--json` writes; the bench stores it under "growth"): both series
+    measured at `sizes` in versions under `work` (each removed once measured), every figure's
+    exponent, and the goals judged on them. A size that fails is listed in its series' "failed"."""
     started = time.perf_counter()
-    plan = (args.calls, args.concurrency, args.rounds)
+    plan = (sizes.calls, sizes.concurrency, sizes.rounds)
     series = {
-        "users": [(int(u), args.fixed_items) for u in args.users.split(",")],
-        "items": [(args.fixed_users, int(i)) for i in args.items.split(",")],
+        "users": [(u, sizes.fixed_items) for u in sizes.users],
+        "items": [(sizes.fixed_users, i) for i in sizes.items],
     }
     result: dict[str, Any] = {
-        "command": "python -m tools.bench.growth " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": command or "python -m tools.bench.growth " + " ".join(sizes.argv()),
         "cpus": os.cpu_count(),
         "threads": THREADS,
         "workers": 1,
         "flat_exponent": FLAT,
+        "sizes": asdict(sizes),
     }
     refs: dict[tuple[int, int], dict[str, Any]] = {}  # a series' smallest version, kept serving
-    with tempfile.TemporaryDirectory(prefix="recgen-growth-") as tmp:
-        try:
-            for order, (name, keys) in enumerate(series.items()):
+    try:
+        for order, (name, keys) in enumerate(series.items()):
+            t = time.perf_counter()
+            if keys[0] not in refs:  # the same version may be both series' reference (--quick)
+                refs[keys[0]] = measure_point(*keys[0], None, *plan, work)
+                _normalize(refs[keys[0]], sizes.concurrency)
+                print(f"{name}: {_line(refs[keys[0]])} [{time.perf_counter() - t:.0f} s]", flush=True)
+            ref = refs[keys[0]]["_served"]
+            rows = [{k: v for k, v in refs[keys[0]].items() if k != "_served"}]
+            failed = []
+            for key in keys[1:]:
                 t = time.perf_counter()
-                if keys[0] not in refs:  # the same version may be both series' reference (--quick)
-                    refs[keys[0]] = measure_point(*keys[0], None, *plan, Path(tmp))
-                    _normalize(refs[keys[0]], args.concurrency)
-                    print(f"{name}: {_line(refs[keys[0]])} [{time.perf_counter() - t:.0f} s]", flush=True)
-                ref = refs[keys[0]]["_served"]
-                rows = [{k: v for k, v in refs[keys[0]].items() if k != "_served"}]
-                failed = []
-                for key in keys[1:]:
-                    t = time.perf_counter()
-                    try:
-                        rows.append(measure_point(*key, ref, *plan, Path(tmp)))
-                    except (RuntimeError, TimeoutError, OSError) as e:  # the other sizes still count
-                        failed.append({"users": key[0], "items": key[1], "error": str(e)})
-                        print(f"{name}: {key} FAILED: {e}", flush=True)
-                        continue
-                    _normalize(rows[-1], args.concurrency)
-                    print(f"{name}: {_line(rows[-1])} [{time.perf_counter() - t:.0f} s]", flush=True)
-                exps = growth(rows, name)
-                result[f"{name}_series"] = {
-                    "rows": rows,
-                    "ratios": ratios(rows),
-                    "exponents": exps,
-                    "failed": failed,
-                }
-                _print_table(name, rows, exps)
-                if all(later[0] != keys[0] for later in list(series.values())[order + 1 :]):
-                    refs.pop(keys[0])["_served"].stop()  # not a later series' reference: free it
-        finally:
-            for row in refs.values():
-                row["_served"].stop()
+                try:
+                    rows.append(measure_point(*key, ref, *plan, work))
+                except (RuntimeError, TimeoutError, OSError) as e:  # the other sizes still count
+                    failed.append({"users": key[0], "items": key[1], "error": str(e)})
+                    print(f"{name}: {key} FAILED: {e}", flush=True)
+                    continue
+                _normalize(rows[-1], sizes.concurrency)
+                print(f"{name}: {_line(rows[-1])} [{time.perf_counter() - t:.0f} s]", flush=True)
+            exps = growth(rows, name)
+            result[f"{name}_series"] = {
+                "rows": rows,
+                "ratios": ratios(rows),
+                "exponents": exps,
+                "failed": failed,
+            }
+            _print_table(name, rows, exps)
+            if all(later[0] != keys[0] for later in list(series.values())[order + 1 :]):
+                refs.pop(keys[0])["_served"].stop()  # not a later series' reference: free it
+    finally:
+        for row in refs.values():
+            row["_served"].stop()
     result["goals"] = goals(result["users_series"]["exponents"], result["items_series"]["exponents"])
-    failed = result["users_series"]["failed"] + result["items_series"]["failed"]
-    for g in result["goals"]:
-        print(f"{'MET   ' if g['met'] else 'MISSED'} {g['goal']}: exponent {g['exponent']} {g['reason']}")
     result["seconds"] = round(time.perf_counter() - started)
     result["load_avg_end"] = os.getloadavg()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.growth", description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1K and 10K only, few calls (a test's run)")
+    ap.add_argument("--users", default=_csv(FULL.users))
+    ap.add_argument("--items", default=_csv(FULL.items))
+    ap.add_argument(
+        "--fixed-items", type=int, default=FULL.fixed_items, help="catalog size of the users series"
+    )
+    ap.add_argument(
+        "--fixed-users", type=int, default=FULL.fixed_users, help="held users of the catalog series"
+    )
+    ap.add_argument("--calls", type=int, default=FULL.calls, help="Recommend calls per phase at 1 caller")
+    ap.add_argument("--concurrency", type=int, default=FULL.concurrency)
+    ap.add_argument(
+        "--rounds", type=int, default=FULL.rounds, help="chunks per phase, alternating with the reference"
+    )
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    sizes = Sizes(
+        tuple(int(u) for u in args.users.split(",")),
+        tuple(int(i) for i in args.items.split(",")),
+        args.fixed_items,
+        args.fixed_users,
+        args.calls,
+        args.concurrency,
+        args.rounds,
+    )
+    if args.quick:
+        sizes = replace(
+            QUICK,
+            calls=min(args.calls, QUICK.calls),
+            concurrency=args.concurrency,
+            rounds=min(args.rounds, QUICK.rounds),
+        )
+    command = "python -m tools.bench.growth " + " ".join(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="recgen-growth-") as tmp:
+        result = measure(sizes, Path(tmp), command)
+    for line in goal_lines(result["goals"]):
+        print(line)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 1 if failed else 0
+    return 1 if failures(result) else 0
+
+
+def _csv(xs: tuple[int, ...]) -> str:
+    return ",".join(str(x) for x in xs)
 
 
 def _line(row: dict[str, Any]) -> str:

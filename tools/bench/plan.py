@@ -6,7 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.bench.growth import FULL, SMOKE, Sizes
 from tools.harness.procs import ROOT, env, run_module
+
+# The growth phase of `--quick` (~40 s on 2 cores): 100x the users and the items, not the full
+# run's 1000x (1M items alone: ~4 min), nor growth --quick's 10x (12 s; too short a span to say much).
+GROWTH_QUICK = Sizes((1_000, 100_000), (1_000, 100_000), calls=100, rounds=2)
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,7 @@ class Plan:
     rank_warmup: float = 1.0
     rank_idle_s: float = 2.0  # idle CPU measured before each of its loads
     rank_users: int = 200  # users with history it seeds and calls
+    growth: Sizes = FULL  # the growth phase (tools.bench.growth): users and items series, calls
     smoke: bool = False
 
     @property
@@ -62,6 +68,7 @@ class Plan:
             als_iterations=4,
             queries=500,
             rank_seconds=4.0,
+            growth=GROWTH_QUICK,
         )
 
     @staticmethod
@@ -95,6 +102,7 @@ class Plan:
             rank_warmup=0.25,
             rank_idle_s=0.25,
             rank_users=32,
+            growth=SMOKE,
             smoke=True,
         )
 

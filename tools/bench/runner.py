@@ -13,18 +13,20 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import tools.bench
 from tools.bench.baselines import phase_baselines
+from tools.bench.growth import measure
 from tools.bench.machine import LoadSampler, gpu_status, machine
 from tools.bench.plan import Plan
 from tools.bench.plot import plot
 from tools.bench.rank_cost import phase_rank
 from tools.bench.retrieval import phase_retrieval
 from tools.bench.server_phase import phase_server
-from tools.bench.summary import markdown, ratios, uncomputed
+from tools.bench.summary import get, growth_lines, markdown, ratios, uncomputed
 
 LOG = logging.getLogger("bench")
 
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the JSON; a directory (no .json suffix): DIR/bench.json, DIR/bench.png, DIR/bench_table.md",
     )
     p.add_argument("--plot", default="docs/bench.png")
-    p.add_argument("--skip", default="", help="comma list of phases to skip: server,rank,baselines,retrieval")
+    p.add_argument(
+        "--skip", default="", help="comma list of phases to skip: server,rank,baselines,retrieval,growth"
+    )
     p.add_argument("--work", default="", help="keep intermediate files here (default: a temp dir)")
     p.add_argument(
         "--from-json", default="", help="measure nothing: redo the table and the plot from this JSON"
@@ -76,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if table_md is not None:
             table_md.write_text(old["summary_markdown"] + "\n")
         print(old["summary_markdown"])
+        _print_growth(old)
         return _verdict(old)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("faiss.loader", "matplotlib"):
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m tools.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": machine(),
         "gpu": gpu_status(),
-        "plan": {k: v for k, v in plan.__dict__.items()},
+        "plan": asdict(plan),
         "skipped": sorted(skip),
         "errors": {},
     }
@@ -108,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         ("rank", lambda: phase_rank(plan, args.models, work)),
         ("baselines", lambda: phase_baselines(plan, srv, wheels, work) if srv else None),
         ("retrieval", lambda: phase_retrieval(plan, work)),
+        # Last: the longest phase at full size (~15 min), and it needs no other phase.
+        ("growth", lambda: measure(plan.growth, Path(tempfile.mkdtemp(prefix="growth-", dir=work)))),
     ]
     for name, fn in phases:
         if name in skip:
@@ -139,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if table_md is not None:
         table_md.write_text(doc["summary_markdown"] + "\n")
     print(doc["summary_markdown"])
+    _print_growth(doc)
     print(
         f"\n{doc['machine']['nproc']} cores, {doc['machine']['cpu_model']}; load average during the run "
         f"min {doc['load']['min']} / mean {doc['load']['mean']} / max {doc['load']['max']}; "
@@ -149,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     return _verdict(doc)
+
+
+def _print_growth(doc: dict[str, Any]) -> None:
+    """The growth exponents, one line each with the goal's verdict and why it was missed (a --smoke
+    run judges none); nothing when the document has no growth phase (skipped, failed, an older JSON)."""
+    lines = growth_lines(doc)
+    if lines:
+        judged = "" if doc.get("mode") != "smoke" else "; a smoke run judges no goal"
+        print(f"\ngrowth exponents ({get(doc, 'growth', 'command')}{judged}):")
+        print("\n".join(lines))
 
 
 def _verdict(doc: dict[str, Any]) -> int:

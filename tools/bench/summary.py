@@ -1,5 +1,6 @@
 """The bench's verdict: each measured number over its same-run baseline, with the goal, as rows
-and as a Markdown table, and which ratios a run failed to compute. Reads the JSON document only."""
+and as a Markdown table, and which ratios a run failed to compute. Reads the JSON document only.
+The growth phase's rows carry a growth exponent (kind "exponent") where the others carry a ratio."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-PHASES = ("server", "rank", "baselines", "retrieval")
+from tools.bench.growth import FLAT, NON_RETRIEVAL, failures, goals
+
+PHASES = ("server", "rank", "baselines", "retrieval", "growth")
 
 
 def get(d: Any, *path: Any) -> Any:
@@ -160,7 +163,108 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
                 ">= 5x with recall >= 0.95" if is_1m else "",
                 five_times if is_1m else None,
             )
+    rows += growth_rows(doc.get("growth"), judge)
     return rows
+
+
+# Exponents shown beside the goals' (no goal of their own): what loading and holding a version costs
+# as its users grow, and retrieval alone as the catalog grows.
+GROWTH_INFO = (
+    ("users", "load_s", "worker load time (s)"),
+    ("users", "worker_rss_mib", "worker resident memory (MiB)"),
+    ("items", "retrieval_ms.p50", "retrieval-only p50 (ms)"),
+)
+
+
+def growth_rows(g: dict[str, Any] | None, judge: bool = True) -> list[dict[str, Any]]:
+    """The growth phase's rows (tools.bench.growth's document): each goal of `goals()`, re-judged
+    on the document's exponents, and the GROWTH_INFO exponents. The "ratio" column holds the
+    exponent (log-log slope over the series' sizes); value and baseline are the figure at the
+    largest size and at the smallest (the reference, measured alongside where served)."""
+    if not g:
+        return []
+    gu, gi = get(g, "users_series", "exponents") or {}, get(g, "items_series", "exponents") or {}
+    rows = []
+    for goal in goals(_DefaultNone(gu), _DefaultNone(gi)):
+        e = goal["exponent"]
+        value, baseline = _largest_vs_reference(g, goal["series"], goal["figure"])
+        rows.append(
+            {
+                "metric": f"growth exponent: {goal['goal']} ({_span(g, goal['series'])})",
+                "value": value,
+                "baseline": baseline,
+                "ratio": e,
+                "goal": f"exponent within ±{FLAT}",  # no "|": a Markdown table cell
+                "met": goal["met"] if judge and e is not None else None,
+                "reason": goal["reason"] if judge and e is not None else "",
+                "needs": ["growth"],
+                "kind": "exponent",
+            }
+        )
+    for series, figure, label in GROWTH_INFO:
+        rs = get(g, f"{series}_series", "rows") or []
+        rows.append(
+            {
+                "metric": f"growth exponent: {label} ({_span(g, series)}; info)",
+                "value": _figure(rs[-1], figure) if rs else None,
+                "baseline": _figure(rs[0], figure) if rs else None,
+                "ratio": get(g, f"{series}_series", "exponents", figure),
+                "goal": "",
+                "met": None,
+                "needs": ["growth"],
+                "kind": "exponent",
+            }
+        )
+    return rows
+
+
+def growth_lines(doc: dict[str, Any]) -> list[str]:
+    """The table's growth rows as lines to print at the end of a run: MET / MISSED (`-`: no goal, or
+    a --smoke run), the exponent, why a goal was missed. Empty without a growth phase."""
+    out = []
+    for r in doc.get("ratios") or []:
+        if r.get("kind") == "exponent":
+            verdict = "-     " if r["met"] is None else "MET   " if r["met"] else "MISSED"
+            e = "None" if r["ratio"] is None else f"{r['ratio']:+.3f}"
+            what = r["metric"].removeprefix("growth exponent: ")
+            out.append(f"{verdict} {what}: exponent {e} {r.get('reason', '')}".rstrip())
+    return out
+
+
+class _DefaultNone(dict[str, Any]):
+    """An exponents dict where a missing figure reads None (uncomputed), not KeyError."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def _figure(row: dict[str, Any], figure: str) -> Any:
+    return get(row, *figure.split("."))
+
+
+def _span(g: dict[str, Any], series: str) -> str:
+    """'1,000 -> 1,000,000 users, 10,000 items' from the sizes the series measured."""
+    rs = get(g, f"{series}_series", "rows") or []
+    if not rs:
+        return f"no {series} measured"
+    fixed = "items" if series == "users" else "users"
+    return f"{rs[0][series]:,} -> {rs[-1][series]:,} {series}, {rs[0][fixed]:,} {fixed}"
+
+
+def _largest_vs_reference(g: dict[str, Any], series: str, figure: str) -> tuple[Any, Any]:
+    """A goal's figure (ms) at the series' largest size and the reference's measured alongside it;
+    NON_RETRIEVAL: held p50 less each version's retrieval-only p50."""
+    rs = get(g, f"{series}_series", "rows") or []
+    if len(rs) < 2:
+        return None, None
+    top, ref = rs[-1], rs[-1].get("ref") or {}
+    if figure != NON_RETRIEVAL:
+        return _figure(top, figure), _figure(ref, figure)
+    a, b = get(top, "held_c1", "p50"), get(ref, "held_c1", "p50")
+    ta, tb = get(top, "retrieval_ms", "p50"), get(rs[0], "retrieval_ms", "p50")
+    if None in (a, b, ta, tb):
+        return None, None
+    return round(a - ta, 3), round(b - tb, 3)
 
 
 def uncomputed(doc: dict[str, Any], rows: Iterable[dict[str, Any]] | None = None) -> list[str]:
@@ -179,6 +283,10 @@ def uncomputed(doc: dict[str, Any], rows: Iterable[dict[str, Any]] | None = None
     for phase in PHASES:
         if phase in ran and not any(phase in (r.get("needs") or ()) for r in rows):
             out.append(f"phase {phase} ran but gave no ratio")
+    if "growth" in ran:  # a size that failed to build or serve: its series' exponent lacks a point
+        for f in failures(doc.get("growth") or {}):
+            why = " ".join(str(f["error"]).split())[:300]  # one line: the error may end in a log's tail
+            out.append(f"growth: {f['users']:,} users x {f['items']:,} items failed: {why}")
     return out
 
 
@@ -186,9 +294,14 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = ["| metric | recgen | baseline | ratio | goal | met |", "|---|---:|---:|---:|---|---|"]
     for r in doc.get("ratios", []):
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        if r["met"] is False and r.get("reason"):
+            met += f" ({r['reason']})"
+        if r.get("kind") == "exponent":  # a growth exponent, not a ratio: signed, no "x"
+            ratio = "-" if r["ratio"] is None else f"exponent {r['ratio']:+.3f}"
+        else:
+            ratio = f"{_fmt(r['ratio'])}{'x' if r['ratio'] is not None else ''}"
         lines.append(
-            f"| {r['metric']} | {_fmt(r['value'])} | {_fmt(r['baseline'])} | "
-            f"{_fmt(r['ratio'])}{'x' if r['ratio'] is not None else ''} | {r['goal']} | {met} |"
+            f"| {r['metric']} | {_fmt(r['value'])} | {_fmt(r['baseline'])} | {ratio} | {r['goal']} | {met} |"
         )
     return "\n".join(lines)
 
