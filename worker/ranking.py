@@ -149,6 +149,7 @@ class Ranker:
         self.owned = np.arange(self.n_items) % self.shard[1] == self.shard[0]  # (n,) bool
         self.pop_rank = np.empty(self.n_items, np.int64)  # row -> place in the global popularity order
         self.pop_rank[self.pop_order] = np.arange(self.n_items)
+        self._open_prefix = np.zeros(0, np.int64)  # `_cold_order`'s answer for a job that bans nothing
 
     @property
     def n_items(self) -> int:
@@ -174,6 +175,7 @@ class Ranker:
     def set_deleted(self, rows: np.ndarray, deleted: bool) -> None:
         self.deleted[rows] = deleted
         self.deleted_rows = np.flatnonzero(self.deleted).astype(np.int64)
+        self._open_prefix = np.zeros(0, np.int64)
 
     def rank(self, jobs: Sequence[RankJob]) -> list[RankResult]:
         results: list[RankResult | None] = [None] * len(jobs)
@@ -224,13 +226,28 @@ class Ranker:
         cold answer costs O(need + excluded), not O(items): at 1M items a whole-catalog mask per
         request was ~3 ms of CPU (docs/growth.md)."""
         banned = np.concatenate([job.exclude_rows, job.consumed]).astype(np.int64)
+        if not banned.size and job.allowed is None and not owned:
+            # Every new user's case: the same popular, not deleted rows each time, kept (as a
+            # read-only array) until the catalog changes (`set_deleted`, `_derive`).
+            if (
+                self._open_prefix.size < need
+                and self._open_prefix.size < self.n_items - self.deleted_rows.size
+            ):
+                self._open_prefix = self._walk_popular(banned, None, False, need)
+                self._open_prefix.flags.writeable = False
+            return self._open_prefix[:need]
+        return self._walk_popular(banned, job.allowed, owned, need)
+
+    def _walk_popular(
+        self, banned: np.ndarray, allowed: np.ndarray | None, owned: bool, need: int
+    ) -> np.ndarray:
         found: list[np.ndarray] = []
         got, start, chunk = 0, 0, max(2 * need, 256)
         while got < need and start < self.n_items:
             rows = self.pop_order[start : start + chunk]
             ok = ~self.deleted[rows]
-            if job.allowed is not None:
-                ok &= job.allowed[rows]
+            if allowed is not None:
+                ok &= allowed[rows]
             if owned:
                 ok &= self.owned[rows]
             if banned.size:

@@ -80,8 +80,10 @@ def test_deleted_items_leave_every_answer(model) -> None:
     sims, _ = model.ranker.similar(int(warm2[0]), 50)
     assert not set(gone) & set(sims.tolist())
     # An upsert brings one back.
-    live.apply(model, [Change(len(changes) + 1, False, model.catalog[int(gone[0])])])
-    assert not model.ranker.deleted[gone[0]]
+    back = int(cold[0])  # the most popular item: a cold user's first pick once it is back
+    live.apply(model, [Change(len(changes) + 1, False, model.catalog[back])])
+    assert not model.ranker.deleted[back]
+    assert model.ranker.rank([job([], k=20)])[0].rows[0] == back  # the kept cold prefix was rebuilt
 
 
 def test_log_applies_once_and_in_order(model) -> None:
