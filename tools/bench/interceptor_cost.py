@@ -5,8 +5,9 @@
 One process, one event loop: a grpc.aio server on a loopback port whose Recommend answers at
 once, and a client calling it sequentially. Configurations, each timed `rounds` times
 interleaved (the best round kept: machines are noisy; CPU time of the process, all threads):
-no interceptor; server/errors.py's ErrorStatus with the access log off; with it on (the CLI's
-plain formatter, written to /dev/null); and with tracing on as well (the SDK, spans exported to
+no interceptor; server/errors.py's ErrorStatus with the access log off, and with the opt-in
+x-request-id response header; with the log on (the CLI's plain formatter, written to
+/dev/null); and with tracing on as well (the SDK, spans exported to
 memory). Prints CPU-µs per call and the difference to the bare server; the client's own cost is
 in every row alike. Then the access line alone: CPU-µs per `AccessLog.record`, plain and JSON.
 
@@ -72,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         "no interceptor": (lambda: [], False),
         "ErrorStatus, access log off": (
             lambda: [ErrorStatus(None, access_log=AccessLog(enabled=False))],
+            False,
+        ),
+        "ErrorStatus + x-request-id header, log off": (
+            lambda: [ErrorStatus(None, access_log=AccessLog(enabled=False), request_id_header=True)],
             False,
         ),
         "ErrorStatus, access log on": (lambda: [ErrorStatus(None, access_log=AccessLog())], False),
