@@ -1,19 +1,28 @@
 """The rank path's cost: CPU-µs per Recommend in each process, against the empty server, in one run.
 
-    python -m tools.bench.rank_cost --models M [--seconds 8] [--concurrency 8] [--profile DIR]
-        [--prefix before] [--json OUT] [--serve-arg=--rank-batch=0 ...]
+    python -m tools.bench.rank_cost --models M [--seconds 6] [--rounds 3] [--concurrency 8]
+        [--profile DIR] [--prefix before] [--json OUT] [--variant NAME[=TREE][,FLAG...] ...]
 
-Starts tools.echo_server and one `recgen serve` (2 local workers, fresh state store), then runs a
-closed loop of Recommend(k=10, explain=false) at a fixed concurrency against each of: the echo
-server, recgen with cold users (ids no model version holds, no feedback), recgen with users with
-history (training users the version holds, plus 5 live RATE events each), and — when the server
-answers it — RecommendBatch of 64 users per call. For each it reads the CPU time of every server
-process from /proc before and after (tools/harness/procfs.py) and divides by the calls answered.
-With --profile it then records py-spy flame graphs (SVG) of the gateway and of one worker under the
-users-with-history load (a separate run: py-spy's sampling costs CPU too).
+Starts tools.echo_server and one `recgen serve` per variant (2 local workers, fresh state store),
+all kept up for the whole run, and runs closed loops of Recommend(k=10, explain=false) at a fixed
+concurrency against each of: the echo server, recgen with cold users (ids no model version holds,
+no feedback), recgen with users with history (training users the version holds, plus 5 live RATE
+events each), recgen at one caller (its p50), and — when the server answers it — RecommendBatch of
+64 users per call. For each it reads the CPU time of every server process from /proc before and
+after (tools/harness/procfs.py), takes out the idle burn measured just before, and divides by the
+calls answered.
+
+The loads run in `--rounds` rounds: each round measures the echo server, then every variant (in
+an order turned by one each round); each ratio is taken within its round, against that round's
+echo figures. On a shared machine two runs minutes apart differ by 15-30%; a round's two sides
+see the same load, so the median over rounds of the per-round ratios (`variants.NAME.ratios`) is
+what the goals read. The per-load figures (`cold`, `history`, `p50_ms_one_caller`, `batch64`,
+`echo`) are medians over rounds; every round is kept (`variants.NAME.rounds`, `echo_runs`).
+With --profile it then records py-spy flame graphs (SVG) of the gateway and of one worker of the
+last variant under the users-with-history load (after the rounds: py-spy's sampling costs CPU too).
 
 What it does not do: sweep concurrencies or open loops (tools/bench/server_phase.py does), or judge
-goals (tools/bench/rank_goals.py does).
+goals (tools/bench/summary.py does).
 """
 
 from __future__ import annotations
@@ -23,6 +32,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +58,8 @@ HISTORY_USERS = 200
 LIVE_EVENTS = 5
 BATCH = 64  # users per RecommendBatch call
 IDLE_S = 2.0  # seconds of idle CPU measured before each load
+SECONDS = 6.0  # each closed loop (the one-caller loads: half); 3 rounds of 6 s: ~2x one pass of 8 s
+ROUNDS = 3
 PY_SPY = ROOT / ".venv" / "bin" / "py-spy"
 
 
@@ -198,7 +211,7 @@ class Variant:
 def run(
     models: str,
     *,
-    seconds: float = 8.0,
+    seconds: float = SECONDS,
     warmup: float = 1.0,
     concurrency: int = 8,
     profile: Path | None = None,
@@ -207,14 +220,16 @@ def run(
     work: Path | None = None,
     idle_s: float = IDLE_S,
     history_users: int = HISTORY_USERS,
-    echo_after: bool = True,
+    rounds: int = ROUNDS,
 ) -> dict[str, Any]:
-    """Every variant, and the echo server before and after them (their mean is the baseline).
-    idle_s, history_users, echo_after=False (echo before only): `make bench --smoke`, which checks
-    that every number is computed, not what it is."""
+    """Every variant against the echo server, in `rounds` interleaved rounds (see the module doc);
+    idle_s, history_users and rounds=1: `make bench --smoke`, which checks that every number is
+    computed, not what it is."""
     from recgen.core.user_history import USERS_DIR, UserHistories
     from recgen.repository import ModelRepository
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     mv = ModelRepository(models).open(None, verify=False)
     items = [it.item_id for it in mv.catalog()]
     if UserHistories.exists(mv.path):  # training users: the version holds their histories
@@ -224,47 +239,143 @@ def run(
         trained = [f"hist-{i}" for i in range(history_users)]
     cold = [f"cold-{i}" for i in range(history_users)]
     work = work or Path(tempfile.mkdtemp(prefix="rank-cost-"))
-    out: dict[str, Any] = {"concurrency": concurrency, "seconds": seconds, "variants": {}}
-    with running_echo() as echo_target:
-        echo = _echo(echo_target, cold, trained, concurrency, seconds, warmup, idle_s)
-        for v in variants:
-            res = _variant(v, models, work, items, cold, trained, concurrency, seconds, warmup, idle_s)
-            out["variants"][v.name] = res
-            if profile is not None and v is variants[-1]:
-                _profile(v, models, work, trained, concurrency, seconds, profile, prefix)
-        runs = [echo]
-        if echo_after:
-            runs.append(_echo(echo_target, cold, trained, concurrency, seconds, warmup, idle_s))
-    out["echo_runs"] = runs
-    out["echo"] = {
-        k: round(sum(r[k] for r in runs) / len(runs), 3)
-        for k in ("answers_per_s", "cpu_us_per_answer_total", "p50_ms_one_caller", "batch64_answers_per_s")
+    load = _Load(cold, trained, concurrency, seconds, warmup, idle_s)
+    echo_runs: list[dict[str, float]] = []
+    per_round: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
+    order: list[list[str]] = []
+    with running_echo() as echo_target, contextlib.ExitStack() as stack:
+        servers: dict[str, _Up] = {}
+        for v in variants:  # all up before the first round, and kept up: no start inside the rounds
+            srv = stack.enter_context(_server(v, models, work).start(timeout=600.0))
+            asyncio.run(_seed(srv.target, trained, items))
+            servers[v.name] = _Up(srv, _pids(srv), asyncio.run(_has_batch_rpc(srv.target)))
+        echo_pids = {"echo": _listener_pid(echo_target)}
+        for r in range(rounds):
+            echo = _echo(echo_target, echo_pids, load)
+            echo_runs.append(echo)
+            order.append([v.name for v in rotated(variants, r)])
+            for v in rotated(variants, r):
+                res = _variant_round(servers[v.name], load)
+                res["ratios"] = round_ratios(res, echo)
+                per_round[v.name].append(res)
+                LOG.info("round %d %s: %s", r + 1, v.name, res["ratios"])
+        if profile is not None:
+            _profile(servers[variants[-1].name], trained, concurrency, seconds, profile, prefix)
+    out: dict[str, Any] = {
+        "concurrency": concurrency,
+        "seconds": seconds,
+        "rounds": rounds,
+        "order": order,
+        "echo_runs": echo_runs,
+        "echo": {k: _median([e[k] for e in echo_runs]) for k in echo_runs[0]},
+        "variants": {},
     }
-    for res in out["variants"].values():
-        for name in ("cold", "history"):
-            res[name]["ratio_cpu_vs_echo"] = round(
-                res[name]["cpu_us_per_answer_total"] / max(out["echo"]["cpu_us_per_answer_total"], 1e-9), 2
-            )
-            res[name]["ratio_rate_vs_echo"] = round(
-                res[name]["answers_per_s"] / max(out["echo"]["answers_per_s"], 1e-9), 3
-            )
+    for v in variants:
+        out["variants"][v.name] = {
+            "root": str(v.root),
+            "serve_args": list(v.serve_args),
+            **aggregate(per_round[v.name]),
+        }
     return out
 
 
-def _echo(
-    target: str,
-    cold: list[str],
-    trained: list[str],
-    concurrency: int,
-    seconds: float,
-    warmup: float,
-    idle_s: float = IDLE_S,
-) -> dict[str, float]:
-    pids = {"echo": _listener_pid(target)}
-    r = asyncio.run(_measure(target, pids, cold, concurrency, seconds, warmup, idle_s=idle_s))
-    one = asyncio.run(_measure(target, pids, cold, 1, seconds / 2, warmup, idle_s=idle_s))
+def rotated(variants: Sequence[Variant], r: int) -> list[Variant]:
+    """Round r's order: the variants turned by r, so none is always measured first after the echo."""
+    k = r % len(variants)
+    return [*variants[k:], *variants[:k]]
+
+
+def round_ratios(res: dict[str, Any], echo: dict[str, float]) -> dict[str, float | None]:
+    """One round's ratios, each against the figures of the echo server in the same round (what the
+    goals compare; the machine's load moves both sides of a round alike)."""
+
+    def ratio(a: Any, b: Any) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    batch = (res.get("batch64") or {}).get("answers_per_s")
+    return {
+        "cold_cpu_vs_echo": ratio(res["cold"]["cpu_us_per_answer_total"], echo["cpu_us_per_answer_total"]),
+        "history_cpu_vs_echo": ratio(
+            res["history"]["cpu_us_per_answer_total"], echo["cpu_us_per_answer_total"]
+        ),
+        "cold_rate_vs_echo": ratio(res["cold"]["answers_per_s"], echo["answers_per_s"]),
+        "history_rate_vs_echo": ratio(res["history"]["answers_per_s"], echo["answers_per_s"]),
+        "p50_vs_2x_echo_plus_1ms": ratio(res["p50_ms_one_caller"], 2.0 * echo["p50_ms_one_caller"] + 1.0),
+        "batch64_vs_history_rate": ratio(batch, res["history"]["answers_per_s"]),
+        "batch64_vs_echo_batch64": ratio(batch, echo["batch64_answers_per_s"]),
+    }
+
+
+def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """A variant's figures over its rounds: each figure's median, each per-round ratio's median
+    (`ratios`), the older per-load ratio keys (from those medians) and every round as measured."""
+    ratios = {k: _median([r["ratios"][k] for r in rounds]) for k in rounds[0]["ratios"]}
+    res: dict[str, Any] = {
+        "cold": {
+            **_median_load([r["cold"] for r in rounds]),
+            "ratio_cpu_vs_echo": ratios["cold_cpu_vs_echo"],
+            "ratio_rate_vs_echo": ratios["cold_rate_vs_echo"],
+        },
+        "history": {
+            **_median_load([r["history"] for r in rounds]),
+            "ratio_cpu_vs_echo": ratios["history_cpu_vs_echo"],
+            "ratio_rate_vs_echo": ratios["history_rate_vs_echo"],
+        },
+        "p50_ms_one_caller": _median([r["p50_ms_one_caller"] for r in rounds]),
+        "ratios": ratios,
+        "rounds": rounds,
+    }
+    if all("batch64" in r for r in rounds):
+        res["batch64"] = _median_load([r["batch64"] for r in rounds])
+    return res
+
+
+def _median(xs: Sequence[Any]) -> Any:
+    """The median of the numbers in xs (None where there is none); NaN and None are left out."""
+    vals = [float(x) for x in xs if x is not None and not math.isnan(float(x))]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def _median_load(loads: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each number's median over the loads; a dict of numbers (per process), each key's median."""
+    out: dict[str, Any] = {}
+    for k, v in loads[0].items():
+        if isinstance(v, dict):
+            out[k] = {p: _median([x[k][p] for x in loads]) for p in v}
+        else:
+            out[k] = _median([x[k] for x in loads])
+    return out
+
+
+@dataclass(frozen=True)
+class _Load:
+    """What every load of a run shares: its users, callers and lengths."""
+
+    cold: list[str]
+    trained: list[str]
+    concurrency: int
+    seconds: float
+    warmup: float
+    idle_s: float
+
+
+@dataclass(frozen=True)
+class _Up:
+    """A variant's server, started once for all rounds."""
+
+    srv: Gateway
+    pids: dict[str, int]
+    has_batch: bool
+
+
+def _echo(target: str, pids: dict[str, int], ld: _Load) -> dict[str, float]:
+    """One round of the echo server: its closed loop, its p50 at one caller, its RecommendBatch(64)."""
+    r = asyncio.run(_measure(target, pids, ld.cold, ld.concurrency, ld.seconds, ld.warmup, idle_s=ld.idle_s))
+    one = asyncio.run(_measure(target, pids, ld.cold, 1, ld.seconds / 2, ld.warmup, idle_s=ld.idle_s))
     batch = asyncio.run(
-        _measure(target, pids, trained, max(1, concurrency // 4), seconds / 2, warmup, BATCH, idle_s)
+        _measure(
+            target, pids, ld.trained, max(1, ld.concurrency // 4), ld.seconds / 2, ld.warmup, BATCH, ld.idle_s
+        )
     )
     LOG.info("echo: %s; one caller p50 %s ms; batch64 %s users/s", r, one["p50_ms"], batch["answers_per_s"])
     return {
@@ -295,61 +406,40 @@ def _pids(srv: Gateway) -> dict[str, int]:
     return {"gateway": srv.pid, **{f"worker{i}": p for i, (p, _) in enumerate(srv.worker_addresses())}}
 
 
-def _variant(
-    v: Variant,
-    models: str,
-    work: Path,
-    items: list[str],
-    cold: list[str],
-    trained: list[str],
-    concurrency: int,
-    seconds: float,
-    warmup: float,
-    idle_s: float = IDLE_S,
-) -> dict[str, Any]:
-    res: dict[str, Any] = {"root": str(v.root), "serve_args": list(v.serve_args)}
-    with _server(v, models, work).start(timeout=600.0) as srv:
-        pids = _pids(srv)
-        asyncio.run(_seed(srv.target, trained, items))
-        for name, users in (("cold", cold), ("history", trained)):
-            res[name] = asyncio.run(
-                _measure(srv.target, pids, users, concurrency, seconds, warmup, idle_s=idle_s)
+def _variant_round(up: _Up, ld: _Load) -> dict[str, Any]:
+    """One round of one variant's server: cold, history, p50 at one caller, RecommendBatch(64)."""
+    target, pids = up.srv.target, up.pids
+    res: dict[str, Any] = {}
+    for name, users in (("cold", ld.cold), ("history", ld.trained)):
+        res[name] = asyncio.run(
+            _measure(target, pids, users, ld.concurrency, ld.seconds, ld.warmup, idle_s=ld.idle_s)
+        )
+    res["p50_ms_one_caller"] = asyncio.run(
+        _measure(target, pids, ld.trained, 1, ld.seconds / 2, ld.warmup, idle_s=ld.idle_s)
+    )["p50_ms"]
+    if up.has_batch:
+        res["batch64"] = asyncio.run(
+            _measure(
+                target, pids, ld.trained, max(1, ld.concurrency // 4), ld.seconds, ld.warmup, BATCH, ld.idle_s
             )
-            LOG.info("%s %s: %s", v.name, name, res[name])
-        res["p50_ms_one_caller"] = asyncio.run(
-            _measure(srv.target, pids, trained, 1, seconds / 2, warmup, idle_s=idle_s)
-        )["p50_ms"]
-        if asyncio.run(_has_batch_rpc(srv.target)):
-            res["batch64"] = asyncio.run(
-                _measure(srv.target, pids, trained, max(1, concurrency // 4), seconds, warmup, BATCH, idle_s)
-            )
-            LOG.info("%s batch64: %s", v.name, res["batch64"])
+        )
     return res
 
 
 def _profile(
-    v: Variant,
-    models: str,
-    work: Path,
-    trained: list[str],
-    concurrency: int,
-    seconds: float,
-    profile: Path,
-    prefix: str,
+    up: _Up, trained: list[str], concurrency: int, seconds: float, profile: Path, prefix: str
 ) -> None:
-    """py-spy flame graphs of the gateway and one worker under the users-with-history load."""
+    """py-spy flame graphs of the gateway and one worker under the users-with-history load, after
+    the rounds (py-spy's sampling costs CPU too), on the last variant's server still up."""
     profile.mkdir(parents=True, exist_ok=True)
-    with _server(Variant(v.name + "-profile", v.root, v.serve_args), models, work).start(
-        timeout=600.0
-    ) as srv:
-        pids = _pids(srv)
-        span = seconds + 2
-        with (
-            _py_spy(srv.pid, profile / f"{prefix}_gateway.svg", span),
-            _py_spy(pids.get("worker0", srv.pid), profile / f"{prefix}_worker.svg", span),
-        ):
-            time.sleep(1.0)  # py-spy attaches
-            asyncio.run(_measure(srv.target, pids, trained, concurrency, seconds, 0.0))
+    srv, pids = up.srv, up.pids
+    span = seconds + 2
+    with (
+        _py_spy(srv.pid, profile / f"{prefix}_gateway.svg", span),
+        _py_spy(pids.get("worker0", srv.pid), profile / f"{prefix}_worker.svg", span),
+    ):
+        time.sleep(1.0)  # py-spy attaches
+        asyncio.run(_measure(srv.target, pids, trained, concurrency, seconds, 0.0))
 
 
 def _listener_pid(target: str) -> int:
@@ -370,7 +460,7 @@ def phase_rank(plan: Plan, models: str, work: Path) -> dict[str, Any]:
         work=work / "rank",
         idle_s=plan.rank_idle_s,
         history_users=plan.rank_users,
-        echo_after=not plan.smoke,
+        rounds=plan.rank_rounds,
     )
 
 
@@ -394,6 +484,39 @@ def stage_table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+RATIO_COLUMNS = (
+    ("cold_cpu_vs_echo", "cold CPU vs echo"),
+    ("history_cpu_vs_echo", "history CPU vs echo"),
+    ("history_rate_vs_echo", "history calls/s vs echo"),
+    ("p50_vs_2x_echo_plus_1ms", "p50 @1 vs 2 x echo + 1 ms"),
+    ("batch64_vs_history_rate", "batch64 users/s vs history calls/s"),
+)
+
+
+def ratio_table(doc: dict[str, Any]) -> str:
+    """Markdown: each variant's per-round ratios as median (lowest-highest over the rounds)."""
+    lines = [
+        f"| variant (rounds: {doc.get('rounds', 1)}) | "
+        + " | ".join(label for _, label in RATIO_COLUMNS)
+        + " |",
+        "|---|" + "---:|" * len(RATIO_COLUMNS),
+    ]
+    for name, v in doc["variants"].items():
+        cells = []
+        for key, _ in RATIO_COLUMNS:
+            per = [r["ratios"][key] for r in v.get("rounds", []) if r["ratios"].get(key) is not None]
+            med = (v.get("ratios") or {}).get(key)
+            cells.append(
+                "-"
+                if med is None
+                else f"{med:.2f}x ({min(per):.2f}-{max(per):.2f})"
+                if per
+                else f"{med:.2f}x"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_variant(text: str) -> Variant:
     head, *flags = text.split(",")
     name, _, root = head.partition("=")
@@ -403,7 +526,8 @@ def parse_variant(text: str) -> Variant:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tools.bench.rank_cost", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="models")
-    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--seconds", type=float, default=SECONDS, help="each closed loop (one caller: half)")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds; figures are their medians")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--profile", type=Path, default=None, help="write py-spy SVGs here")
     p.add_argument("--prefix", default="before", help="SVG names: PREFIX_gateway.svg, PREFIX_worker.svg")
@@ -421,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res = run(
         a.models,
         seconds=a.seconds,
+        rounds=a.rounds,
         concurrency=a.concurrency,
         profile=a.profile,
         prefix=a.prefix,
@@ -429,6 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = json.dumps(res, indent=2)
     print(text)
     print(stage_table(res))
+    print()
+    print(ratio_table(res))
     if a.json:
         a.json.write_text(text + "\n")
     return 0

@@ -106,41 +106,57 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
     needs = ("rank",)
     rank = get(doc, "rank")
     echo = get(rank, "echo") or {}
+
+    def add_rank(metric: str, value: Any, baseline: Any, median_ratio: Any, goal: str, ok: Any) -> None:
+        """A rank row; its ratio the median over rounds of each round's ratio where the run has
+        them (tools/bench/rank_cost.py: both sides of a round see the same machine load), else
+        value / baseline (value and baseline: the medians of each side)."""
+        add(metric, value, baseline, goal, ok)
+        if median_ratio is not None and value is not None:
+            r = rows[-1]
+            r["ratio"] = round(float(median_ratio), 2)
+            r["met"] = None if ok is None or not judge else bool(ok(r["ratio"]))
+
     for name, v in (get(rank, "variants") or {}).items():
         for kind, label in (("cold", "cold users"), ("history", "users with history")):
-            add(
+            add_rank(
                 f"server CPU-µs per Recommend ({label}, {name}) vs the empty server's per call",
                 get(v, kind, "cpu_us_per_answer_total"),
                 echo.get("cpu_us_per_answer_total"),
+                get(v, "ratios", f"{kind}_cpu_vs_echo"),
                 "<= 2.5x",
                 lambda r: r <= 2.5,
             )
-        add(
+        add_rank(
             f"Recommend calls/s @{rank['concurrency']} ({name}, users with history) vs echo server",
             get(v, "history", "answers_per_s"),
             echo.get("answers_per_s"),
+            get(v, "ratios", "history_rate_vs_echo"),
             "",
             None,
         )
         p50 = echo.get("p50_ms_one_caller")
-        add(
+        add_rank(
             f"Recommend p50 at one caller ({name}) vs 2 x echo p50 + 1 ms",
             get(v, "p50_ms_one_caller"),
             None if p50 is None else round(2.0 * p50 + 1.0, 3),
+            get(v, "ratios", "p50_vs_2x_echo_plus_1ms"),
             "<= 1x",
             lambda r: r <= 1.0,
         )
-        add(
+        add_rank(
             f"RecommendBatch(64) users/s ({name}) vs single-call Recommend calls/s",
             get(v, "batch64", "answers_per_s"),
             get(v, "history", "answers_per_s"),
+            get(v, "ratios", "batch64_vs_history_rate"),
             ">= 5x",
             lambda r: r >= 5.0,
         )
-        add(
+        add_rank(
             f"RecommendBatch(64) users/s ({name}) vs the empty server's RecommendBatch(64)",
             get(v, "batch64", "answers_per_s"),
             echo.get("batch64_answers_per_s"),
+            get(v, "ratios", "batch64_vs_echo_batch64"),
             "",
             None,
         )
