@@ -127,7 +127,7 @@ docs-check: install
 # generate and serial ONNX, Recommend vs an echo server, the rank path's CPU per
 # call, retrieval at 100K/1M, memory, and serving cost as users and items grow
 # 1K -> 1M (growth exponents, docs/growth.md; BENCH_ARGS="--skip growth" leaves
-# that ~15 min phase out). ~27 min on 2 quiet cores (up to ~35 under load);
+# that ~5 min phase out). ~16 min on 2 cores at load ~2 (946 s on 2026-12-06);
 # BENCH_ARGS=--quick: ~5 min.
 BENCH_ARGS ?=
 bench: install data $(MODELS)/.exported

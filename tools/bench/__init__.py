@@ -30,7 +30,7 @@ What it measures (docs/bench.md explains every number):
 The server, the load generators and the baselines each run in their own
 process; this one orchestrates, reads /proc and writes the JSON and the
 plot. Thread counts are set explicitly everywhere. The full run takes about
-27-35 minutes on 2 cores (growth ~15 of them; `--skip growth`); --quick (100K
+16 minutes on 2 cores (946 s at load ~2; growth ~5 of them, `--skip growth`); --quick (100K
 catalog only, shorter loads, growth 1K->100K) about 5;
 --smoke (CI: every phase at its smallest, a 20K catalog, loads of seconds) 1-2
 minutes with a tiny model, and judges no goal. Every mode exits non-zero when a
