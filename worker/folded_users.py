@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from worker.metrics import Metrics
+
 CAPACITY = 4096  # users; an entry is its history arrays (≤ 200 events) and a d-vector: ~4 KB
 
 
@@ -38,12 +40,15 @@ class FoldedUsers:
     """An LRU of FoldedUser by request key. Thread-safe: the event loop ranks small batches inline
     and the model thread ranks the rest (worker/service.py `rank_now`)."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, metrics: Metrics | None = None) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[Hashable, FoldedUser] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        # The worker's counters (recgen_worker_events_total{name="folded_user_hits"|"..._misses"}):
+        # an operator's hit rate says whether the capacity fits the traffic's repeat users.
+        self.metrics = metrics
 
     def get(self, key: Hashable, build: Callable[[], FoldedUser]) -> FoldedUser:
         with self._lock:
@@ -51,10 +56,14 @@ class FoldedUsers:
             if f is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
+                if self.metrics is not None:
+                    self.metrics.inc("folded_user_hits")
                 return f
         f = build()  # outside the lock: a concurrent miss of the same key builds the same entry
         with self._lock:
             self.misses += 1
+            if self.metrics is not None:
+                self.metrics.inc("folded_user_misses")
             if f.rows.size and self.capacity > 0:
                 self._entries[key] = f
                 if len(self._entries) > self.capacity:

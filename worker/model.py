@@ -199,6 +199,7 @@ class LoadedModel:
             users=users,
             data_end=float(held.get("data_end", float("-inf"))),
             forgotten_through=float(held.get("forgotten_through", 0.0)),
+            folded_users=FoldedUsers(metrics=metrics),
         )
 
     def warmup(self) -> None:

@@ -74,8 +74,10 @@ def test_a_repeat_request_reuses_the_vector_and_answers_exactly_as_a_fresh_fold_
     assert first.folded is not None and first.folded.vector is None
     fresh = model.ranker.rank([first])[0]
     assert first.folded.vector is not None  # kept for the next request
+    hits = model.ranker.metrics.counters["folded_user_hits"]
     again = _job(model, user, list(live))
     assert again.folded is first.folded  # same inputs: the same entry, no rebuilding
+    assert model.ranker.metrics.counters["folded_user_hits"] == hits + 1  # what operators see
     cached = model.ranker.rank([again])[0]
     refolded = model.ranker.rank([dataclasses.replace(again, folded=None)])[0]
     for r in (cached, refolded):
