@@ -94,7 +94,7 @@ class _Call:
 
 
 class CallObserver:
-    """What happens around every call: request id (x-request-id in, response header out, in
+    """What happens around every call: request id (x-request-id in, response trailer out, in
     every log line), the server span, the metrics and the access line. One per server."""
 
     def __init__(

@@ -30,8 +30,21 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
     judge = doc.get("mode") != "smoke"
     needs: tuple[str, ...] = ()
 
-    def add(metric: str, value: Any, baseline: Any, goal: str, ok: Callable[[float], bool] | None) -> None:
-        ratio = round(value / baseline, 2) if value is not None and baseline else None
+    def add(
+        metric: str,
+        value: Any,
+        baseline: Any,
+        goal: str,
+        ok: Callable[[float], bool] | None,
+        measured_ratio: Any = None,
+    ) -> None:
+        """measured_ratio: the run's own ratio where it has one (the rank phase's median over
+        rounds of each round's ratio: both sides of a round see the same machine load), used
+        instead of value / baseline (then the medians of each side)."""
+        if measured_ratio is not None and value is not None:
+            ratio = round(float(measured_ratio), 2)
+        else:
+            ratio = round(value / baseline, 2) if value is not None and baseline else None
         rows.append(
             {
                 "metric": metric,
@@ -107,58 +120,48 @@ def ratios(doc: dict[str, Any]) -> list[dict[str, Any]]:
     rank = get(doc, "rank")
     echo = get(rank, "echo") or {}
 
-    def add_rank(metric: str, value: Any, baseline: Any, median_ratio: Any, goal: str, ok: Any) -> None:
-        """A rank row; its ratio the median over rounds of each round's ratio where the run has
-        them (tools/bench/rank_cost.py: both sides of a round see the same machine load), else
-        value / baseline (value and baseline: the medians of each side)."""
-        add(metric, value, baseline, goal, ok)
-        if median_ratio is not None and value is not None:
-            r = rows[-1]
-            r["ratio"] = round(float(median_ratio), 2)
-            r["met"] = None if ok is None or not judge else bool(ok(r["ratio"]))
-
     for name, v in (get(rank, "variants") or {}).items():
         for kind, label in (("cold", "cold users"), ("history", "users with history")):
-            add_rank(
+            add(
                 f"server CPU-µs per Recommend ({label}, {name}) vs the empty server's per call",
                 get(v, kind, "cpu_us_per_answer_total"),
                 echo.get("cpu_us_per_answer_total"),
-                get(v, "ratios", f"{kind}_cpu_vs_echo"),
                 "<= 2.5x",
                 lambda r: r <= 2.5,
+                get(v, "ratios", f"{kind}_cpu_vs_echo"),
             )
-        add_rank(
+        add(
             f"Recommend calls/s @{rank['concurrency']} ({name}, users with history) vs echo server",
             get(v, "history", "answers_per_s"),
             echo.get("answers_per_s"),
-            get(v, "ratios", "history_rate_vs_echo"),
             "",
             None,
+            get(v, "ratios", "history_rate_vs_echo"),
         )
         p50 = echo.get("p50_ms_one_caller")
-        add_rank(
+        add(
             f"Recommend p50 at one caller ({name}) vs 2 x echo p50 + 1 ms",
             get(v, "p50_ms_one_caller"),
             None if p50 is None else round(2.0 * p50 + 1.0, 3),
-            get(v, "ratios", "p50_vs_2x_echo_plus_1ms"),
             "<= 1x",
             lambda r: r <= 1.0,
+            get(v, "ratios", "p50_vs_2x_echo_plus_1ms"),
         )
-        add_rank(
+        add(
             f"RecommendBatch(64) users/s ({name}) vs single-call Recommend calls/s",
             get(v, "batch64", "answers_per_s"),
             get(v, "history", "answers_per_s"),
-            get(v, "ratios", "batch64_vs_history_rate"),
             ">= 5x",
             lambda r: r >= 5.0,
+            get(v, "ratios", "batch64_vs_history_rate"),
         )
-        add_rank(
+        add(
             f"RecommendBatch(64) users/s ({name}) vs the empty server's RecommendBatch(64)",
             get(v, "batch64", "answers_per_s"),
             echo.get("batch64_answers_per_s"),
-            get(v, "ratios", "batch64_vs_echo_batch64"),
             "",
             None,
+            get(v, "ratios", "batch64_vs_echo_batch64"),
         )
     needs = ("retrieval",)
     for row in get(doc, "retrieval", "rows") or []:
